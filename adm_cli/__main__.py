@@ -1,0 +1,3 @@
+from adm_cli.cli.app import app
+
+app(prog_name="adm")

@@ -1,0 +1,146 @@
+"""The one place that decides device, precision, memory format, compilation, generators and
+torch.distributed. Every command goes through it; nothing else touches these settings."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+from torch import nn
+
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+
+
+class BackendError(ValueError):
+    """An impossible device or precision request (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where and how networks run.
+
+    `precision="fp32"` is the reference-exact mode (TF32 off); "bf16"/"fp16" run the network
+    under autocast while the diffusion arithmetic stays float32.
+    """
+
+    device: torch.device
+    precision: Literal["fp32", "bf16", "fp16"]
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move a model to the device, in eval mode, float32 weights (autocast does the rest)."""
+        model = model.to(self.device, dtype=torch.float32).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+
+    def maybe_compile(self, fn):
+        return torch.compile(fn, dynamic=False) if self.compile else fn
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BackendError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def make_backend(
+    device: str | None = None,
+    precision: Precision = "auto",
+    *,
+    channels_last: bool | None = None,
+    compile: bool = False,
+) -> Backend:
+    """Pick the device (CUDA if present) and precision ("auto": bf16 on GPUs that have it, else fp32)."""
+    dev = resolve_device(device)
+    if precision == "auto":
+        precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise BackendError(f"unknown precision {precision!r} (fp32, bf16, fp16 or auto)")
+    if precision == "fp16" and dev.type == "cpu":
+        raise BackendError("fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    if dev.type == "cuda":
+        # fp32 is the reference-exact mode: no TF32 there; the fast modes may use it.
+        torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+        torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
+    return Backend(dev, precision, channels_last, compile)
+
+
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh generator; library code never touches the global RNG."""
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def image_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per image, so image i depends only on its own seed (not on batch size)."""
+    return [generator(s, device) for s in seeds]
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def torchrun_env() -> Dist:
+    """Read the rank layout torchrun exports (single process when absent)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Dist()
+    return Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+@contextlib.contextmanager
+def distributed(device: torch.device) -> Iterator[Dist]:
+    """Initialise torch.distributed from the torchrun environment (NCCL on GPU, gloo on CPU)."""
+    import torch.distributed as tdist
+
+    dist = torchrun_env()
+    if dist.world_size == 1 or tdist.is_initialized():
+        yield dist
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(dist.local_rank)
+    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield dist
+    finally:
+        tdist.destroy_process_group()
+
+
+def distributed_device(backend: Backend, dist: Dist) -> Backend:
+    """Under torchrun each process uses its own GPU."""
+    if backend.device.type == "cuda" and dist.world_size > 1:
+        return Backend(torch.device("cuda", dist.local_rank), backend.precision, backend.channels_last, backend.compile)
+    return backend

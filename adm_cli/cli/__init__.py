@@ -1,0 +1,1 @@
+"""Command-line interface (the only part of adm that imports typer)."""

@@ -1,0 +1,38 @@
+"""The `adm` command: a thin Typer layer, one module per command."""
+
+from __future__ import annotations
+
+import typer
+
+from adm_cli import __version__
+from adm_cli.cli.info import info
+from adm_cli.cli.pending import pending
+from adm_cli.cli.sample import EXAMPLE, sample
+
+app = typer.Typer(
+    name="adm",
+    help="Diffusion Models Beat GANs (ADM), as a tool suite: train, sample, guide, upsample, interpolate, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"adm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
+    """adm: the system of Dhariwal & Nichol (2021)."""
+
+
+app.command("sample", epilog=EXAMPLE)(sample)
+app.command("info")(info)
+for name in ("train-diffusion", "train-classifier", "upsample", "interpolate", "evaluate"):
+    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(pending(name))

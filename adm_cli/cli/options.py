@@ -1,0 +1,97 @@
+"""Option definitions shared by the commands (defined once, reused everywhere)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class PrecisionChoice(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class AttentionOrderChoice(str, Enum):
+    legacy = "legacy"
+    new = "new"
+
+
+class ScheduleChoice(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+
+
+class WeightsChoice(str, Enum):
+    ema = "ema"
+    model = "model"
+
+
+Checkpoint = Annotated[Path, typer.Argument(help="adm checkpoint, or a guided-diffusion .pt state dict", show_default=False)]
+Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present)")]
+Precision = Annotated[
+    PrecisionChoice,
+    typer.Option("--precision", help="network precision; fp32 matches guided-diffusion exactly; auto = bf16 on GPUs, fp32 on CPU"),
+]
+Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the network (GPU, long runs)")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or messages on stderr")]
+Json = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace a finished output file")]
+Seed = Annotated[int, typer.Option("--seed", help="image i uses seed + i (independent of batch size)")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="images per forward pass (does not change the images)")]
+Weights = Annotated[WeightsChoice, typer.Option("--weights", help="adm checkpoints: EMA or raw weights")]
+
+# What the shapes of a bare guided-diffusion state dict cannot tell (normally from the built-in table).
+ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="[OpenAI files] output side in pixels", rich_help_panel="Overrides for bare state dicts")]
+NumHeads = Annotated[Optional[int], typer.Option("--num-heads", help="[OpenAI files] attention heads", rich_help_panel="Overrides for bare state dicts")]
+NumHeadChannels = Annotated[Optional[int], typer.Option("--num-head-channels", help="[OpenAI files] channels per attention head", rich_help_panel="Overrides for bare state dicts")]
+AttentionOrder = Annotated[Optional[AttentionOrderChoice], typer.Option("--attention-order", help="[OpenAI files] qkv split order", rich_help_panel="Overrides for bare state dicts")]
+Schedule = Annotated[Optional[ScheduleChoice], typer.Option("--schedule", help="[OpenAI files] noise schedule", rich_help_panel="Overrides for bare state dicts")]
+DiffusionSteps = Annotated[Optional[int], typer.Option("--diffusion-steps", help="[OpenAI files] trained diffusion steps T", rich_help_panel="Overrides for bare state dicts")]
+LowResSize = Annotated[Optional[int], typer.Option("--low-res-size", help="[OpenAI files] super-resolution input side", rich_help_panel="Overrides for bare state dicts")]
+
+
+def overrides(
+    image_size: int | None = None,
+    num_heads: int | None = None,
+    num_head_channels: int | None = None,
+    attention_order: AttentionOrderChoice | None = None,
+    schedule: ScheduleChoice | None = None,
+    diffusion_steps: int | None = None,
+    low_res_size: int | None = None,
+) -> dict:
+    """The override dict `checkpoint.load_model` takes, from the shared flags."""
+    return {
+        "image_size": image_size,
+        "num_heads": num_heads,
+        "num_head_channels": num_head_channels,
+        "attention_order": attention_order.value if attention_order else None,
+        "schedule": schedule.value if schedule else None,
+        "steps": diffusion_steps,
+        "low_res_size": low_res_size,
+    }
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The current command with the values it ran with (for file metadata), e.g.
+    `adm sample m.pt --num 16 --out s.npz --ddim 25`."""
+    import enum
+    import shlex
+
+    words = ["adm", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None or value is False:
+            continue
+        value = value.value if isinstance(value, enum.Enum) else value
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif value is True:
+            words.append(param.opts[0])
+        elif value != param.default:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)

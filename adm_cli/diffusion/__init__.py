@@ -1,0 +1,92 @@
+"""Gaussian diffusion: schedules, the forward and reverse processes, losses, samplers, guidance.
+
+Glossary (code name -> symbol; DDPM = Ho et al. 2020, IDDPM = Nichol & Dhariwal 2021,
+DDIM = Song et al. 2021, ADM = Dhariwal & Nichol 2021):
+
+    betas              β_t                  alpha_bar          ᾱ_t = Π_{s<=t} (1 - β_s)
+    alpha_bar_prev     ᾱ_{t-1}              posterior_var      β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t)
+    x0, x_t            x_0, x_t             x0_pred, eps_pred  x̂_0, ε̂_θ(x_t, t)
+    mean, var, log_var μ_θ, Σ_θ, log Σ_θ    eta                η (DDIM)
+    t                  step index into a (possibly respaced) schedule
+    model_t            the network's timestep: schedule.timesteps[t] (x 1000/T if rescaled)
+    grad               s · ∇_{x_t} log p_φ(y | x_t)
+
+Data flow: `make_schedule(config, respacing)` -> `Schedule`; the caller runs the network and
+`p_mean_variance` turns its output into p(x_{t-1} | x_t); `ddpm_step` / `ddim_step` move x_t;
+`sample_ddpm` / `sample_ddim` / `ddim_invert` are the loops.
+"""
+
+from adm_cli.diffusion.gaussian import (
+    PMeanVar,
+    gather,
+    math_dtype,
+    p_mean_variance,
+    predict_eps_from_x0,
+    predict_x0_from_eps,
+    q_posterior,
+    q_sample,
+)
+from adm_cli.diffusion.guidance import classifier_free, classifier_grad, condition_mean, condition_score
+from adm_cli.diffusion.losses import (
+    discretized_gaussian_log_likelihood,
+    mean_flat,
+    normal_kl,
+    prior_bpd,
+    vlb_terms,
+)
+from adm_cli.diffusion.samplers import (
+    ddim_invert,
+    ddim_reverse_step,
+    ddim_sigma,
+    ddim_step,
+    ddpm_step,
+    per_image_noise,
+    sample_ddim,
+    sample_ddpm,
+)
+from adm_cli.diffusion.schedule import (
+    Schedule,
+    betas_for,
+    cosine_betas,
+    linear_betas,
+    make_schedule,
+    model_timesteps,
+    respace,
+    space_timesteps,
+)
+
+__all__ = [
+    "PMeanVar",
+    "Schedule",
+    "betas_for",
+    "classifier_free",
+    "classifier_grad",
+    "condition_mean",
+    "condition_score",
+    "cosine_betas",
+    "ddim_invert",
+    "ddim_reverse_step",
+    "ddim_sigma",
+    "ddim_step",
+    "ddpm_step",
+    "discretized_gaussian_log_likelihood",
+    "gather",
+    "linear_betas",
+    "make_schedule",
+    "math_dtype",
+    "mean_flat",
+    "model_timesteps",
+    "normal_kl",
+    "p_mean_variance",
+    "per_image_noise",
+    "predict_eps_from_x0",
+    "predict_x0_from_eps",
+    "prior_bpd",
+    "q_posterior",
+    "q_sample",
+    "respace",
+    "sample_ddim",
+    "sample_ddpm",
+    "space_timesteps",
+    "vlb_terms",
+]

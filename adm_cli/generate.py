@@ -1,0 +1,382 @@
+"""Batched, seeded, resumable generation into a sample file.
+
+Image i is drawn from its own generator seeded with `seed + i`: its class (when random), its
+x_T and every step's noise come from that generator alone, so a sample does not depend on the
+batch size, on where a killed run stopped, or on how torchrun split the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+
+from adm_cli import __version__
+from adm_cli.backend import Backend, Dist, image_generators
+from adm_cli.checkpoint import Loaded, file_digest
+from adm_cli.config import ClassifierConfig, UNetConfig
+from adm_cli.data.images import save_grid, to_uint8
+from adm_cli.data.samples import SampleWriter, open_sample_writer, read_samples
+from adm_cli.diffusion import (
+    Schedule,
+    classifier_grad,
+    make_schedule,
+    sample_ddim,
+    sample_ddpm,
+)
+from adm_cli.reporting import SILENT, Reporter
+
+Sampler = Literal["ddpm", "ddim"]
+
+
+class GenerateError(ValueError):
+    """Options that do not fit the model (one-line message)."""
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """What to sample; everything that changes the images is part of the resume fingerprint."""
+
+    num: int
+    sampler: Sampler = "ddpm"
+    respacing: str | None = None  # "250", "ddim25", "90,60,60,20,20"; None: every step
+    eta: float = 0.0
+    guidance_scale: float = 0.0
+    class_label: int | None = None  # None: random per image (class-conditional or guided models)
+    seed: int = 0
+    clip_denoised: bool = True
+    batch_size: int = 16  # does not change the images
+
+    def __post_init__(self) -> None:
+        if self.num <= 0:
+            raise GenerateError(f"--num must be positive, got {self.num}")
+        if self.batch_size <= 0:
+            raise GenerateError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.eta < 0:
+            raise GenerateError(f"--eta must be >= 0, got {self.eta}")
+        if self.sampler == "ddpm" and self.eta != 0:
+            raise GenerateError("--eta applies to DDIM only (use --ddim K)")
+        if self.seed < 0:
+            raise GenerateError(f"--seed must be >= 0, got {self.seed}")
+
+
+def check_compatible(model: Loaded, classifier: Loaded | None, options: SampleOptions) -> None:
+    """Refuse combinations that cannot work, with one line naming the mismatch."""
+    unet = model.config
+    assert isinstance(unet, UNetConfig)
+    n_classes = unet.num_classes
+    if classifier is not None:
+        clf = classifier.config
+        assert isinstance(clf, ClassifierConfig)
+        if clf.image_size != unet.image_size:
+            raise GenerateError(
+                f"classifier is for {clf.image_size}x{clf.image_size} images, the model makes {unet.image_size}x{unet.image_size}"
+            )
+        if clf.in_channels != unet.in_channels:
+            raise GenerateError(f"classifier takes {clf.in_channels} channels, the model makes {unet.in_channels}")
+        if n_classes is not None and clf.num_classes != n_classes:
+            raise GenerateError(f"classifier has {clf.num_classes} classes, the model {n_classes}")
+        n_classes = clf.num_classes
+    elif options.guidance_scale != 0:
+        raise GenerateError("--guidance needs --classifier CKPT")
+    if options.class_label is not None:
+        if n_classes is None:
+            raise GenerateError("--class needs a class-conditional model or a classifier")
+        if not 0 <= options.class_label < n_classes:
+            raise GenerateError(f"--class {options.class_label} is out of range [0, {n_classes - 1}]")
+    assert model.diffusion is not None
+    try:
+        make_schedule(model.diffusion, options.respacing)
+    except ValueError as e:
+        raise GenerateError(f"--respacing {options.respacing!r}: {e}") from None
+
+
+def num_label_classes(model: Loaded, classifier: Loaded | None) -> int | None:
+    if isinstance(model.config, UNetConfig) and model.config.num_classes is not None:
+        return model.config.num_classes
+    if classifier is not None:
+        return classifier.config.num_classes  # type: ignore[union-attr]
+    return None
+
+
+def initial_state(
+    indices: range, *, shape: tuple[int, int, int], num_classes: int | None, class_label: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Generator]]:
+    """Per image i: a generator seeded `seed + i`, then its label (if random), then x_T ~ N(0, I).
+
+    Generators live on the CPU so the same seed gives the same x_T on every device.
+    """
+    gens = image_generators([seed + i for i in indices])
+    labels = None
+    if num_classes is not None:
+        if class_label is None:
+            labels = torch.stack([torch.randint(num_classes, (), generator=g) for g in gens])
+        else:
+            labels = torch.full((len(gens),), class_label, dtype=torch.int64)
+    x_T = torch.stack([torch.randn(shape, generator=g) for g in gens])  # (B, C, H, W)
+    return x_T, labels, gens
+
+
+def sample_batch(
+    model: Loaded,
+    x_T: torch.Tensor,
+    *,
+    schedule: Schedule,
+    options: SampleOptions,
+    backend: Backend,
+    generators: list[torch.Generator],
+    labels: torch.Tensor | None = None,
+    classifier: Loaded | None = None,
+    model_kwargs: dict[str, torch.Tensor] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Run one sampler over a batch; returns x_0 in [-1, 1] (float32, on the CPU)."""
+    assert model.diffusion is not None and isinstance(model.config, UNetConfig)
+    device = backend.device
+    net = model.model
+    y = labels.to(device) if labels is not None else None
+    kwargs = {k: v.to(device) for k, v in (model_kwargs or {}).items()}
+    class_cond = model.config.num_classes is not None
+    memory_format = torch.channels_last if backend.channels_last else torch.contiguous_format
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with backend.autocast():
+            out = net(x.contiguous(memory_format=memory_format), t, y=y if class_cond else None, **kwargs)
+        return out.float()
+
+    cond_fn = None
+    if classifier is not None and options.guidance_scale != 0:
+        assert y is not None
+        clf = classifier.model
+
+        def classifier_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with backend.autocast():
+                return clf(x, t).float()
+
+        def cond_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return classifier_grad(classifier_fn, x, t, y, options.guidance_scale)
+
+    common: dict[str, Any] = dict(
+        schedule=schedule,
+        config=model.diffusion,
+        generators=generators,
+        clip_denoised=options.clip_denoised,
+        cond_fn=cond_fn,
+        progress=progress,
+    )
+    with torch.no_grad():
+        if options.sampler == "ddim":
+            x0 = sample_ddim(model_fn, x_T.to(device), eta=options.eta, **common)
+        else:
+            x0 = sample_ddpm(model_fn, x_T.to(device), **common)
+    return x0.float().cpu()
+
+
+def fingerprint(model: Loaded, classifier: Loaded | None, options: SampleOptions, backend: Backend, extra: dict | None = None) -> str:
+    """What must not change between a killed run and its resumption."""
+    fields = dataclasses.asdict(options)
+    fields.pop("batch_size")
+    return json.dumps(
+        {
+            "model": file_digest(model.path),
+            "classifier": file_digest(classifier.path) if classifier is not None else None,
+            "options": fields,
+            "precision": backend.precision,
+            **(extra or {}),
+        },
+        sort_keys=True,
+    )
+
+
+def run_sampling(
+    model: Loaded,
+    out: str | Path,
+    options: SampleOptions,
+    *,
+    backend: Backend,
+    classifier: Loaded | None = None,
+    reporter: Reporter = SILENT,
+    dist: Dist = Dist(),
+    overwrite: bool = False,
+    grid: str | Path | None = None,
+    command: str = "",
+    base: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> Path:
+    """Sample `options.num` images into `out` (.npz or .h5), resuming a killed run.
+
+    `base` (images uint8 NHWC, labels) makes this super-resolution sampling: image i is
+    conditioned on base image i and takes its label.
+    """
+    check_compatible(model, classifier, options)
+    unet = model.config
+    assert isinstance(unet, UNetConfig) and model.diffusion is not None
+    schedule = make_schedule(model.diffusion, options.respacing).to(backend.device)
+    num_classes = num_label_classes(model, classifier)
+    shape = (unet.in_channels, unet.image_size, unet.image_size)
+    model.model = backend.prepare(model.model)
+    if classifier is not None:
+        classifier.model = backend.prepare(classifier.model)
+
+    writer: SampleWriter | None = None
+    done = torch.zeros((), dtype=torch.int64)
+    if dist.is_main:
+        meta = {
+            "fingerprint": fingerprint(model, classifier, options, backend),
+            "command": command,
+            "config": {"unet": unet.to_dict(), "diffusion": model.diffusion.to_dict()},
+            "options": dataclasses.asdict(options),
+            "seeds": f"{options.seed}..{options.seed + options.num - 1} (image i: seed + i)",
+            "adm_version": __version__,
+        }
+        writer = open_sample_writer(
+            out,
+            total=options.num,
+            image_shape=(unet.image_size, unet.image_size, unet.in_channels),
+            meta=meta,
+            overwrite=overwrite,
+            has_labels=num_classes is not None,
+        )
+        done = torch.tensor(writer.done, dtype=torch.int64)
+        if writer.done:
+            reporter.info(f"resuming {out}: {writer.done}/{options.num} samples already written")
+    _broadcast(done, dist)
+    start = int(done)
+
+    try:
+        step = options.batch_size * dist.world_size
+        with reporter.progress("sampling", options.num, completed=start) as tick:
+            for chunk_start in range(start, options.num, step):
+                chunk_end = min(chunk_start + step, options.num)
+                per = -(-(chunk_end - chunk_start) // dist.world_size)
+                lo = min(chunk_start + dist.rank * per, chunk_end)
+                hi = min(lo + per, chunk_end)
+                images, labels = _sample_range(
+                    model, range(lo, hi), shape=shape, num_classes=num_classes, schedule=schedule,
+                    options=options, backend=backend, classifier=classifier, base=base,
+                )
+                images, labels = _gather(images, labels, dist, total=chunk_end - chunk_start, shape=shape)
+                if writer is not None:
+                    writer.write(images, labels if num_classes is not None else None, start=chunk_start)
+                tick(chunk_end - chunk_start)
+        if writer is not None:
+            final = writer.finalize()
+            if grid is not None:
+                imgs, _ = read_samples(final)
+                save_grid(np.asarray(imgs[: min(64, len(imgs))]), grid)
+            return final
+        return Path(out)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _sample_range(
+    model: Loaded,
+    indices: range,
+    *,
+    shape: tuple[int, int, int],
+    num_classes: int | None,
+    schedule: Schedule,
+    options: SampleOptions,
+    backend: Backend,
+    classifier: Loaded | None,
+    base: tuple[np.ndarray, np.ndarray | None] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    if len(indices) == 0:
+        return np.zeros((0, shape[1], shape[2], shape[0]), np.uint8), np.zeros((0,), np.int64)
+    x_T, labels, gens = initial_state(
+        indices, shape=shape, num_classes=num_classes, class_label=options.class_label, seed=options.seed
+    )
+    kwargs = {}
+    if base is not None:
+        base_images, base_labels = base
+        low = torch.from_numpy(np.asarray(base_images[indices.start : indices.stop])).permute(0, 3, 1, 2)
+        kwargs["low_res"] = low.float() / 127.5 - 1  # (B, C, h, w) in [-1, 1]
+        if base_labels is not None and labels is not None and options.class_label is None:
+            labels = torch.from_numpy(np.asarray(base_labels[indices.start : indices.stop])).long()
+    x0 = sample_batch(
+        model, x_T, schedule=schedule, options=options, backend=backend, generators=gens,
+        labels=labels, classifier=classifier, model_kwargs=kwargs,
+    )
+    out_labels = labels.numpy() if labels is not None else np.full(len(indices), -1, np.int64)
+    return to_uint8(x0), out_labels
+
+
+def _broadcast(value: torch.Tensor, dist: Dist) -> None:
+    if dist.world_size > 1:
+        import torch.distributed as tdist
+
+        tdist.broadcast(value, src=0)
+
+
+def _gather(
+    images: np.ndarray, labels: np.ndarray, dist: Dist, *, total: int, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Collect every rank's contiguous slice of a chunk on rank 0, in index order."""
+    if dist.world_size == 1:
+        return images, labels
+    import torch.distributed as tdist
+
+    parts: list[Any] = [None] * dist.world_size
+    tdist.all_gather_object(parts, (images, labels))
+    return (
+        np.concatenate([p[0] for p in parts], axis=0),
+        np.concatenate([p[1] for p in parts], axis=0),
+    )
+
+
+def sample_images(
+    model: Loaded,
+    num: int,
+    *,
+    sampler: Sampler = "ddpm",
+    respacing: str | None = None,
+    eta: float = 0.0,
+    classifier: Loaded | None = None,
+    guidance_scale: float = 0.0,
+    class_label: int | None = None,
+    seed: int = 0,
+    x_T: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    low_res: torch.Tensor | None = None,
+    backend: Backend | None = None,
+    clip_denoised: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sample `num` images in memory (one batch): returns (x_0 in [-1, 1] NCHW float32, labels).
+
+    `x_T` (num, C, H, W) replaces the seeded initial noise; per-step noise still comes from
+    the per-image generators seeded `seed + i`. `labels` replaces the drawn classes.
+    """
+    from adm_cli.backend import make_backend
+
+    backend = backend or make_backend("cpu", "fp32")
+    options = SampleOptions(
+        num=num, sampler=sampler, respacing=respacing, eta=eta, guidance_scale=guidance_scale,
+        class_label=class_label, seed=seed, clip_denoised=clip_denoised, batch_size=num,
+    )
+    check_compatible(model, classifier, options)
+    unet = model.config
+    assert isinstance(unet, UNetConfig) and model.diffusion is not None
+    shape = (unet.in_channels, unet.image_size, unet.image_size)
+    noise, drawn, gens = initial_state(
+        range(num), shape=shape, num_classes=num_label_classes(model, classifier), class_label=class_label, seed=seed
+    )
+    if x_T is not None:
+        if tuple(x_T.shape) != (num, *shape):
+            raise GenerateError(f"x_T has shape {tuple(x_T.shape)}, expected {(num, *shape)}")
+        noise = x_T.float().cpu()
+    labels = labels if labels is not None else drawn
+    model.model = backend.prepare(model.model)
+    if classifier is not None:
+        classifier.model = backend.prepare(classifier.model)
+    x0 = sample_batch(
+        model, noise, schedule=make_schedule(model.diffusion, respacing).to(backend.device), options=options,
+        backend=backend, generators=gens, labels=labels, classifier=classifier,
+        model_kwargs={"low_res": low_res} if low_res is not None else None,
+    )
+    return x0, labels

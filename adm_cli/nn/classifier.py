@@ -1,0 +1,74 @@
+"""The noise-aware classifier p_φ(y | x_t, t): the UNet's encoder half plus a pooling head
+(ADM Sec. 4; guided-diffusion `EncoderUNetModel`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adm_cli.config import ClassifierConfig
+from adm_cli.nn.layers import AttentionPool2d, GroupNorm32, normalization, timestep_embedding
+from adm_cli.nn.unet import build_encoder, time_embed
+
+
+class NoisyClassifier(nn.Module):
+    """x_t, t -> class logits (B, num_classes).
+
+    Pooling heads: "attention" (the paper's choice), "adaptive" (global average), "spatial" and
+    "spatial_v2" (an MLP over the mean of every block's output, concatenated).
+    """
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        c = config
+        self.config = config
+        self.model_channels = c.model_channels
+        self.time_embed = time_embed(c.model_channels)
+        self.input_blocks, self.middle_block, chans, ds = build_encoder(
+            in_channels=c.in_channels,
+            model_channels=c.model_channels,
+            channel_mult=c.channel_mult,
+            num_res_blocks=c.num_res_blocks,
+            attention_ds=c.attention_ds,
+            dropout=c.dropout,
+            num_heads=c.num_heads,
+            num_head_channels=c.num_head_channels,
+            use_scale_shift_norm=c.use_scale_shift_norm,
+            resblock_updown=c.resblock_updown,
+            attention_order=c.attention_order,
+        )
+        ch = chans[-1]
+        feature_size = sum(chans) + ch  # every input block, then the middle block
+        if c.pool == "adaptive":
+            self.out = nn.Sequential(
+                normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Conv2d(ch, c.num_classes, 1), nn.Flatten()
+            )
+            nn.init.zeros_(self.out[3].weight)
+            nn.init.zeros_(self.out[3].bias)
+        elif c.pool == "attention":
+            assert c.num_head_channels is not None
+            self.out = nn.Sequential(
+                normalization(ch),
+                nn.SiLU(),
+                AttentionPool2d(c.image_size // ds, ch, c.num_head_channels, c.num_classes),
+            )
+        elif c.pool == "spatial":
+            self.out = nn.Sequential(nn.Linear(feature_size, 2048), nn.ReLU(), nn.Linear(2048, c.num_classes))
+        else:  # spatial_v2
+            self.out = nn.Sequential(
+                nn.Linear(feature_size, 2048), GroupNorm32(32, 2048), nn.SiLU(), nn.Linear(2048, c.num_classes)
+            )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time_embed(timestep_embedding(t, self.model_channels))
+        spatial = self.config.pool.startswith("spatial")
+        means, h = [], x
+        for block in self.input_blocks:
+            h = block(h, emb)
+            if spatial:
+                means.append(h.to(x.dtype).mean(dim=(2, 3)))
+        h = self.middle_block(h, emb)
+        if spatial:
+            means.append(h.to(x.dtype).mean(dim=(2, 3)))
+            return self.out(torch.cat(means, dim=-1))  # (B, sum of block channels)
+        return self.out(h.to(x.dtype))

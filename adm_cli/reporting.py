@@ -1,0 +1,74 @@
+"""Progress and messages on stderr (rich, silent when stderr is not a terminal or with quiet).
+
+The library reports through a `Reporter`; only this module knows about rich.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class Reporter:
+    """Logs and progress bars for long jobs, on stderr."""
+
+    def __init__(self, *, quiet: bool = False, force_terminal: bool | None = None):
+        self.console = Console(stderr=True, force_terminal=force_terminal)
+        self.quiet = quiet
+        self.show_progress = not quiet and (self.console.is_terminal if force_terminal is None else force_terminal)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, highlight=False, markup=False)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"warning: {message}", style="yellow", highlight=False, markup=False)
+
+    @contextmanager
+    def progress(self, description: str, total: int, *, completed: int = 0) -> Iterator["Tick"]:
+        if not self.show_progress:
+            yield Tick(None, None)
+            return
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        with bar:
+            task = bar.add_task(description, total=total, completed=completed)
+            yield Tick(bar, task)
+
+
+class Tick:
+    def __init__(self, bar: Progress | None, task: Any):
+        self.bar, self.task = bar, task
+
+    def __call__(self, advance: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=advance)
+
+
+SILENT = Reporter(quiet=True)
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON record (a line) with a timestamp, flushed at once."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"time": time.time(), **record}) + "\n")
+        f.flush()
+
+
+def stdout_line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,145 @@
+"""The command line: every command answers --help, bad input gets one line and exit code 2."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from adm_cli.cli.app import app
+from adm_cli.config import ClassifierConfig
+from tests.conftest import TINY_CLASSIFIER, write_classifier
+
+runner = CliRunner()
+COMMANDS = ["sample", "info", "train-diffusion", "train-classifier", "upsample", "interpolate", "evaluate"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def stderr_of(result):
+    return getattr(result, "stderr", None) or result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Usage" in result.output
+
+
+def test_sample_help_has_examples():
+    assert "--guidance 1.0" in run("sample", "--help").output
+
+
+@pytest.mark.parametrize("command", ["train-diffusion", "train-classifier", "upsample", "interpolate", "evaluate"])
+def test_commands_not_built_yet_say_so(command):
+    result = run(command, "x")
+    assert result.exit_code == 2
+    assert "not built yet" in stderr_of(result)
+
+
+def test_sample_then_info(models, tmp_path):
+    out, grid = tmp_path / "s.npz", tmp_path / "g.png"
+    result = run("sample", models["unet"], "--num", 3, "--ddim", 5, "--out", out, "--grid", grid, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    with np.load(out) as d:
+        assert d["arr_0"].shape == (3, 16, 16, 3) and d["arr_1"].shape == (3,)
+    assert grid.stat().st_size > 0
+    info = run("info", models["unet"], "--json")
+    assert info.exit_code == 0
+    record = json.loads(info.stdout)
+    assert record["kind"] == "diffusion" and record["step"] == 7 and record["config"]["image_size"] == 16
+
+
+def test_sample_h5_with_guidance(models, tmp_path):
+    import h5py
+
+    out = tmp_path / "s.h5"
+    result = run("sample", models["unet"], "--num", 2, "--steps", 5, "--classifier", models["classifier"],
+                 "--guidance", 2, "--class", 1, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    with h5py.File(out) as f:
+        assert f["images"].shape == (2, 16, 16, 3) and list(f["labels"][:]) == [1, 1]
+        assert "--guidance" in f.attrs["command"]
+
+
+@pytest.fixture(scope="module")
+def wrong_classifier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wrong")
+    size32 = ClassifierConfig(**{**TINY_CLASSIFIER.to_dict(), "image_size": 32, "attention_resolutions": (16,)})
+    classes7 = ClassifierConfig(**{**TINY_CLASSIFIER.to_dict(), "num_classes": 7})
+    return write_classifier(root / "c32.pt", size32), write_classifier(root / "c7.pt", classes7)
+
+
+def bad_inputs(models, wrong, tmp):
+    (tmp / "junk.pt").write_bytes(b"garbage")
+    (tmp / "file.txt").write_text("x")
+    ok = ["--num", 2, "--steps", 5]
+    return {
+        "missing checkpoint": (["sample", tmp / "nope.pt", "--out", tmp / "a.npz"], "not found"),
+        "corrupt checkpoint": (["sample", tmp / "junk.pt", "--out", tmp / "a.npz"], "not a readable"),
+        "classifier as model": (["sample", models["classifier"], "--out", tmp / "a.npz"], "expected diffusion"),
+        "classifier size": (["sample", models["unet"], *ok, "--classifier", wrong[0], "--out", tmp / "a.npz"], "32x32"),
+        "classifier classes": (["sample", models["unet"], *ok, "--classifier", wrong[1], "--out", tmp / "a.npz"], "7 classes"),
+        "impossible respacing": (["sample", models["unet"], "--respacing", "ddim40", "--out", tmp / "a.npz"], "ddim40"),
+        "too many steps": (["sample", models["unet"], "--steps", 500, "--out", tmp / "a.npz"], "500"),
+        "bad sections": (["sample", models["unet"], "--respacing", "60,60", "--out", tmp / "a.npz"], "--respacing"),
+        "class out of range": (["sample", models["unet"], *ok, "--class", 4, "--out", tmp / "a.npz"], "out of range"),
+        "two step options": (["sample", models["unet"], "--ddim", 5, "--steps", 5, "--out", tmp / "a.npz"], "one of"),
+        "bad extension": (["sample", models["unet"], *ok, "--out", tmp / "a.png"], ".npz or .h5"),
+        "unwritable output": (["sample", models["unet"], *ok, "--out", tmp / "file.txt" / "a.npz"], "file.txt"),
+        "negative num": (["sample", models["unet"], "--num", -1, "--out", tmp / "a.npz"], "--num"),
+        "cuda missing": (["sample", models["unet"], *ok, "--device", "cuda", "--out", tmp / "a.npz"], "CUDA"),
+        "eta with ddpm": (["sample", models["unet"], *ok, "--eta", 0.5, "--out", tmp / "a.npz"], "--eta"),
+        "info on junk": (["info", tmp / "junk.pt"], "not a readable"),
+    }
+
+
+CASES = [
+    "missing checkpoint", "corrupt checkpoint", "classifier as model", "classifier size", "classifier classes",
+    "impossible respacing", "too many steps", "bad sections", "class out of range", "two step options",
+    "bad extension", "unwritable output", "negative num", "cuda missing", "eta with ddpm", "info on junk",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_one_line_exit_2(models, wrong_classifier, tmp_path, case):
+    if case == "cuda missing" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    args, needle = bad_inputs(models, wrong_classifier, tmp_path)[case]
+    result = run(*args)
+    err = stderr_of(result).strip()
+    assert result.exit_code == 2, (case, result.output, result.exception)
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert needle in err
+    assert not (tmp_path / "a.npz").exists()
+
+
+def test_existing_output_is_kept(models, tmp_path):
+    out = tmp_path / "s.npz"
+    assert run("sample", models["unet"], "--num", 1, "--steps", 3, "--out", out, "-q").exit_code == 0
+    before = out.read_bytes()
+    result = run("sample", models["unet"], "--num", 1, "--steps", 3, "--seed", 5, "--out", out, "-q")
+    assert result.exit_code == 2 and "--overwrite" in stderr_of(result)
+    assert out.read_bytes() == before
+    assert run("sample", models["unet"], "--num", 1, "--steps", 3, "--seed", 5, "--out", out, "-q", "--overwrite").exit_code == 0
+    assert out.read_bytes() != before
+
+
+def test_openai_state_dict_samples_without_flags_when_published(tmp_path):
+    """A bare state dict whose structure is unknown asks for the flags, then samples with them."""
+    from adm_cli.nn import build_unet
+    from tests.conftest import TINY_UNET, randomized
+
+    path = tmp_path / "bare.pt"
+    torch.save(randomized(build_unet(TINY_UNET)).state_dict(), path)
+    result = run("sample", path, "--num", 1, "--steps", 3, "--out", tmp_path / "a.npz")
+    assert result.exit_code == 2 and "--image-size" in stderr_of(result)
+    result = run("sample", path, "--num", 1, "--steps", 3, "--out", tmp_path / "a.npz", "-q",
+                 "--image-size", 16, "--num-head-channels", 16, "--schedule", "linear", "--diffusion-steps", 100)
+    assert result.exit_code == 0, stderr_of(result)
