@@ -175,3 +175,21 @@ def test_killed_process_resumes(models, tmp_path, suffix):
     a, la = read_samples(out)
     b, lb = read_samples(clean)
     assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(la, lb)
+
+
+def test_torchrun_two_processes_write_the_single_process_file(models, tmp_path):
+    """torch.distributed (gloo, CPU): ranks split the images, rank 0 writes one identical file."""
+    single = tmp_path / "single.npz"
+    # `-n`, not `--num`: torchrun's own parser would take `--num` for an abbreviation of --numa-binding.
+    args = ["sample", str(models["unet"]), "-n", "5", "--batch-size", "2", "--steps", "4", "--seed", "2",
+            "--quiet", "--device", "cpu"]
+    subprocess.run([sys.executable, "-m", "adm_cli", *args, "--out", str(single)], check=True, capture_output=True)
+    multi = tmp_path / "multi.npz"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "adm_cli", *args, "--out", str(multi)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = read(single), read(multi)
+    assert np.array_equal(a[1], b[1])
+    assert np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1

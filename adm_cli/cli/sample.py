@@ -23,7 +23,7 @@ Examples:
   adm sample 256x256_diffusion.pt --classifier 256x256_classifier.pt --guidance 1.0 \\
       --ddim 25 --num 50000 --batch-size 64 --out samples.npz
 
-  torchrun --nproc-per-node 8 -m adm_cli sample 64x64_diffusion.pt --steps 250 --num 50000 --out s.h5
+  torchrun --nproc-per-node 8 -m adm_cli sample 64x64_diffusion.pt --steps 250 -n 50000 --out s.h5
 
 A killed run continues when the same command is run again.
 """
