@@ -223,28 +223,18 @@ def run_sampling(
         classifier.model = backend.prepare(classifier.model)
 
     writer: SampleWriter | None = None
-    done = torch.zeros((), dtype=torch.int64)
-    if dist.is_main:
-        meta = {
-            "fingerprint": fingerprint(model, classifier, options, backend),
-            "command": command,
-            "config": {"unet": unet.to_dict(), "diffusion": model.diffusion.to_dict()},
-            "options": dataclasses.asdict(options),
-            "seeds": f"{options.seed}..{options.seed + options.num - 1} (image i: seed + i)",
-            "adm_version": __version__,
-        }
-        writer = open_sample_writer(
-            out,
-            total=options.num,
-            image_shape=(unet.image_size, unet.image_size, unet.in_channels),
-            meta=meta,
-            overwrite=overwrite,
-            has_labels=num_classes is not None,
-        )
-        done = torch.tensor(writer.done, dtype=torch.int64)
-        if writer.done:
-            reporter.info(f"resuming {out}: {writer.done}/{options.num} samples already written")
-    _broadcast(done, dist)
+    done = torch.full((), -1, dtype=torch.int64)  # -1 tells the other ranks that rank 0 failed
+    try:
+        if dist.is_main:
+            writer = _open_writer(model, classifier, options, backend, out, overwrite=overwrite, command=command,
+                                  has_labels=num_classes is not None)
+            done.fill_(writer.done)
+            if writer.done:
+                reporter.info(f"resuming {out}: {writer.done}/{options.num} samples already written")
+    finally:
+        _broadcast(done, dist)
+    if int(done) < 0:
+        raise GenerateError("rank 0 could not open the output; see its error")
     start = int(done)
 
     try:
@@ -259,7 +249,7 @@ def run_sampling(
                     model, range(lo, hi), shape=shape, num_classes=num_classes, schedule=schedule,
                     options=options, backend=backend, classifier=classifier, base=base,
                 )
-                images, labels = _gather(images, labels, dist, total=chunk_end - chunk_start, shape=shape)
+                images, labels = _gather(images, labels, dist)
                 if writer is not None:
                     writer.write(images, labels if num_classes is not None else None, start=chunk_start)
                 tick(chunk_end - chunk_start)
@@ -273,6 +263,37 @@ def run_sampling(
     finally:
         if writer is not None:
             writer.close()
+
+
+def _open_writer(
+    model: Loaded,
+    classifier: Loaded | None,
+    options: SampleOptions,
+    backend: Backend,
+    out: str | Path,
+    *,
+    overwrite: bool,
+    command: str,
+    has_labels: bool,
+) -> SampleWriter:
+    unet = model.config
+    assert isinstance(unet, UNetConfig) and model.diffusion is not None
+    meta = {
+        "fingerprint": fingerprint(model, classifier, options, backend),
+        "command": command,
+        "config": {"unet": unet.to_dict(), "diffusion": model.diffusion.to_dict()},
+        "options": dataclasses.asdict(options),
+        "seeds": f"{options.seed}..{options.seed + options.num - 1} (image i: seed + i)",
+        "adm_version": __version__,
+    }
+    return open_sample_writer(
+        out,
+        total=options.num,
+        image_shape=(unet.image_size, unet.image_size, unet.in_channels),
+        meta=meta,
+        overwrite=overwrite,
+        has_labels=has_labels,
+    )
 
 
 def _sample_range(
@@ -314,9 +335,7 @@ def _broadcast(value: torch.Tensor, dist: Dist) -> None:
         tdist.broadcast(value, src=0)
 
 
-def _gather(
-    images: np.ndarray, labels: np.ndarray, dist: Dist, *, total: int, shape: tuple[int, int, int]
-) -> tuple[np.ndarray, np.ndarray]:
+def _gather(images: np.ndarray, labels: np.ndarray, dist: Dist) -> tuple[np.ndarray, np.ndarray]:
     """Collect every rank's contiguous slice of a chunk on rank 0, in index order."""
     if dist.world_size == 1:
         return images, labels
