@@ -42,13 +42,14 @@ class Backend:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Move a model to the device, in eval mode, float32 weights (autocast does the rest)."""
+        """Move a model to the device, in eval mode, float32 weights (autocast does the rest);
+        with `compile`, return it wrapped by torch.compile (compiled on its first call)."""
         model = model.to(self.device, dtype=torch.float32).eval()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         for p in model.parameters():
             p.requires_grad_(False)
-        return model
+        return self.maybe_compile(model)
 
     def maybe_compile(self, fn):
         return torch.compile(fn, dynamic=False) if self.compile else fn

@@ -22,6 +22,10 @@ class GroupNorm32(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
+            if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+                # The CPU kernel takes bf16 input with float32 weights and accumulates in float32:
+                # same result as the float32 round trip, without two extra passes over x.
+                return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
             return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
 
 
@@ -163,11 +167,14 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, *, order: str) -> torch.Ten
     """
     bs, width, length = qkv.shape
     ch = width // (3 * num_heads)
+    # Contiguous (B, H, T, d) q, k, v: SDPA's fused kernels (CPU flash attention) need a unit
+    # stride on the last dim; transposed views fall back to the slower math path.
     if order == "legacy":
-        q, k, v = qkv.reshape(bs, num_heads, 3 * ch, length).split(ch, dim=2)  # 3 × (B, H, d, T)
+        qkv = qkv.reshape(bs, num_heads, 3, ch, length).permute(2, 0, 1, 4, 3)  # (3, B, H, T, d)
     else:
-        q, k, v = (part.reshape(bs, num_heads, ch, length) for part in qkv.chunk(3, dim=1))  # 3 × (B, H, d, T)
-    a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))  # (B, H, T, d)
+        qkv = qkv.reshape(bs, 3, num_heads, ch, length).permute(1, 0, 2, 4, 3)  # (3, B, H, T, d)
+    q, k, v = qkv.contiguous().unbind(0)
+    a = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, d)
     return a.transpose(-1, -2).reshape(bs, num_heads * ch, length)  # (B, H·d, T)
 
 
