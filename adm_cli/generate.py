@@ -245,14 +245,19 @@ def run_sampling(
                 per = -(-(chunk_end - chunk_start) // dist.world_size)
                 lo = min(chunk_start + dist.rank * per, chunk_end)
                 hi = min(lo + per, chunk_end)
+                n_chunk = chunk_end - chunk_start
+
+                def step_done(i: int, total: int, n_chunk: int = n_chunk) -> None:
+                    tick(n_chunk / total)  # the bar moves with every denoising step, in images
+
                 images, labels = _sample_range(
                     model, range(lo, hi), shape=shape, num_classes=num_classes, schedule=schedule,
-                    options=options, backend=backend, classifier=classifier, base=base,
+                    options=options, backend=backend, classifier=classifier, base=base, progress=step_done,
                 )
                 images, labels = _gather(images, labels, dist)
                 if writer is not None:
                     writer.write(images, labels if num_classes is not None else None, start=chunk_start)
-                tick(chunk_end - chunk_start)
+                tick.to(chunk_end)
         if writer is not None:
             final = writer.finalize()
             if grid is not None:
@@ -307,8 +312,11 @@ def _sample_range(
     backend: Backend,
     classifier: Loaded | None,
     base: tuple[np.ndarray, np.ndarray | None] | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     if len(indices) == 0:
+        if progress is not None:  # keep the bar moving on a rank with nothing left to do
+            progress(1, 1)
         return np.zeros((0, shape[1], shape[2], shape[0]), np.uint8), np.zeros((0,), np.int64)
     x_T, labels, gens = initial_state(
         indices, shape=shape, num_classes=num_classes, class_label=options.class_label, seed=options.seed
@@ -322,7 +330,7 @@ def _sample_range(
             labels = torch.from_numpy(np.asarray(base_labels[indices.start : indices.stop])).long()
     x0 = sample_batch(
         model, x_T, schedule=schedule, options=options, backend=backend, generators=gens,
-        labels=labels, classifier=classifier, model_kwargs=kwargs,
+        labels=labels, classifier=classifier, model_kwargs=kwargs, progress=progress,
     )
     out_labels = labels.numpy() if labels is not None else np.full(len(indices), -1, np.int64)
     return to_uint8(x0), out_labels

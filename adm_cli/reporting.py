@@ -54,9 +54,14 @@ class Tick:
     def __init__(self, bar: Progress | None, task: Any):
         self.bar, self.task = bar, task
 
-    def __call__(self, advance: int = 1) -> None:
+    def __call__(self, advance: float = 1) -> None:
         if self.bar is not None:
             self.bar.update(self.task, advance=advance)
+
+    def to(self, completed: float) -> None:
+        """Set the count exactly (fractional advances add up with rounding error)."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=completed)
 
 
 SILENT = Reporter(quiet=True)

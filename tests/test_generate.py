@@ -88,27 +88,31 @@ def test_guidance_changes_nothing_at_scale_zero(models, tmp_path):
     assert np.array_equal(a, b)
 
 
-def test_interrupted_run_resumes_without_duplicates(models, tmp_path):
-    full, lfull = read(sample_file(models, tmp_path / "full.npz", num=6))
-
-    calls = {"n": 0}
+def interrupt_second_batch(models, out, **kw):
+    """Run sample_file and die (KeyboardInterrupt) while the second batch is being sampled."""
     import adm_cli.generate as gen
 
     original = gen._sample_range
+    calls = {"n": 0}
 
     def dying(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
-            raise KeyboardInterrupt  # as if killed while sampling the second batch
+            raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    out = tmp_path / "resumed.npz"
     gen._sample_range = dying
     try:
         with pytest.raises(KeyboardInterrupt):
-            sample_file(models, out, num=6)
+            sample_file(models, out, **kw)
     finally:
         gen._sample_range = original
+
+
+def test_interrupted_run_resumes_without_duplicates(models, tmp_path):
+    full, lfull = read(sample_file(models, tmp_path / "full.npz", num=6))
+    out = tmp_path / "resumed.npz"
+    interrupt_second_batch(models, out, num=6)
     assert not out.exists() and (tmp_path / "resumed.npz.partial").is_dir()
     resumed, lres = read(sample_file(models, out, num=6))
     assert np.array_equal(resumed, full) and np.array_equal(lres, lfull)
@@ -129,22 +133,7 @@ def test_changed_options_do_not_mix_with_a_partial_run(models, tmp_path):
     from adm_cli.data.samples import SampleFileError
 
     out = tmp_path / "x.npz"
-    import adm_cli.generate as gen
-
-    original = gen._sample_range
-    def once(*args, **kwargs):
-        once.n += 1
-        if once.n == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    once.n = 0
-    gen._sample_range = once
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            sample_file(models, out, num=6)
-    finally:
-        gen._sample_range = original
+    interrupt_second_batch(models, out, num=6)
     with pytest.raises(SampleFileError, match="different run"):
         sample_file(models, out, num=6, seed=11)
 

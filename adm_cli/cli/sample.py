@@ -99,7 +99,7 @@ def sample(
     if grid is not None:
         check_writable(grid)
     chosen_sampler, spec = respacing_from(ddim, steps, respacing, sampler)
-    reporter = Reporter(quiet=quiet)
+    reporter = Reporter(quiet=quiet or not torchrun_env().is_main)  # one progress bar under torchrun
     backend = make_backend(device, precision.value, compile=compile)
     overrides = o.overrides(image_size, num_heads, num_head_channels, attention_order, schedule, diffusion_steps)
     model = load_model(checkpoint, weights=weights.value, overrides=overrides, expect="diffusion")

@@ -24,19 +24,7 @@ class NoisyClassifier(nn.Module):
         self.config = config
         self.model_channels = c.model_channels
         self.time_embed = time_embed(c.model_channels)
-        self.input_blocks, self.middle_block, chans, ds = build_encoder(
-            in_channels=c.in_channels,
-            model_channels=c.model_channels,
-            channel_mult=c.channel_mult,
-            num_res_blocks=c.num_res_blocks,
-            attention_ds=c.attention_ds,
-            dropout=c.dropout,
-            num_heads=c.num_heads,
-            num_head_channels=c.num_head_channels,
-            use_scale_shift_norm=c.use_scale_shift_norm,
-            resblock_updown=c.resblock_updown,
-            attention_order=c.attention_order,
-        )
+        self.input_blocks, self.middle_block, chans, ds = build_encoder(c, in_channels=c.in_channels)
         ch = chans[-1]
         feature_size = sum(chans) + ch  # every input block, then the middle block
         if c.pool == "adaptive":

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adm_cli.config import UNetConfig
+from adm_cli.config import ClassifierConfig, UNetConfig
 from adm_cli.nn.layers import (
     AttentionBlock,
     Downsample,
@@ -25,47 +25,37 @@ def time_embed(model_channels: int) -> nn.Sequential:
 
 
 def build_encoder(
-    *,
-    in_channels: int,
-    model_channels: int,
-    channel_mult: tuple[float, ...],
-    num_res_blocks: int,
-    attention_ds: tuple[int, ...],
-    dropout: float,
-    num_heads: int,
-    num_head_channels: int | None,
-    use_scale_shift_norm: bool,
-    resblock_updown: bool,
-    attention_order: str,
+    config: UNetConfig | ClassifierConfig, *, in_channels: int
 ) -> tuple[nn.ModuleList, TimestepEmbedSequential, list[int], int]:
     """The UNet's downsampling half and middle block, shared by the UNet and the classifier.
 
     Returns (input_blocks, middle_block, channels of each input block's output, downsampling factor).
     """
-    emb_dim = 4 * model_channels
-    attn = dict(num_heads=num_heads, num_head_channels=num_head_channels, order=attention_order)
-    res = dict(use_scale_shift_norm=use_scale_shift_norm)
-    ch = int(channel_mult[0] * model_channels)
+    c = config
+    emb_dim = 4 * c.model_channels
+    attn = dict(num_heads=c.num_heads, num_head_channels=c.num_head_channels, order=c.attention_order)
+    res = dict(use_scale_shift_norm=c.use_scale_shift_norm)
+    ch = int(c.channel_mult[0] * c.model_channels)
     blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
     chans, ds = [ch], 1
-    for level, mult in enumerate(channel_mult):
-        for _ in range(num_res_blocks):
-            out = int(mult * model_channels)
-            layers: list[nn.Module] = [ResBlock(ch, emb_dim, dropout, out, **res)]
+    for level, mult in enumerate(c.channel_mult):
+        for _ in range(c.num_res_blocks):
+            out = int(mult * c.model_channels)
+            layers: list[nn.Module] = [ResBlock(ch, emb_dim, c.dropout, out, **res)]
             ch = out
-            if ds in attention_ds:
+            if ds in c.attention_ds:
                 layers.append(AttentionBlock(ch, **attn))
             blocks.append(TimestepEmbedSequential(*layers))
             chans.append(ch)
-        if level != len(channel_mult) - 1:
-            down = ResBlock(ch, emb_dim, dropout, ch, down=True, **res) if resblock_updown else Downsample(ch, True)
+        if level != len(c.channel_mult) - 1:
+            down = ResBlock(ch, emb_dim, c.dropout, ch, down=True, **res) if c.resblock_updown else Downsample(ch, True)
             blocks.append(TimestepEmbedSequential(down))
             chans.append(ch)
             ds *= 2
     middle = TimestepEmbedSequential(
-        ResBlock(ch, emb_dim, dropout, **res),
+        ResBlock(ch, emb_dim, c.dropout, **res),
         AttentionBlock(ch, **attn),
-        ResBlock(ch, emb_dim, dropout, **res),
+        ResBlock(ch, emb_dim, c.dropout, **res),
     )
     return blocks, middle, chans, ds
 
@@ -86,20 +76,8 @@ class UNet(nn.Module):
         self.time_embed = time_embed(c.model_channels)
         if c.num_classes is not None:
             self.label_emb = nn.Embedding(c.num_classes, emb_dim)
-        in_ch = c.in_channels * (2 if c.is_super_res else 1)
-        self.input_blocks, self.middle_block, chans, ds = build_encoder(
-            in_channels=in_ch,
-            model_channels=c.model_channels,
-            channel_mult=c.channel_mult,
-            num_res_blocks=c.num_res_blocks,
-            attention_ds=c.attention_ds,
-            dropout=c.dropout,
-            num_heads=c.num_heads,
-            num_head_channels=c.num_head_channels,
-            use_scale_shift_norm=c.use_scale_shift_norm,
-            resblock_updown=c.resblock_updown,
-            attention_order=c.attention_order,
-        )
+        in_ch = c.in_channels * (2 if c.is_super_res else 1)  # super-res: x_t ‖ upsampled low-res
+        self.input_blocks, self.middle_block, chans, ds = build_encoder(c, in_channels=in_ch)
         attn_up = dict(
             num_heads=c.num_heads_upsample or c.num_heads,
             num_head_channels=c.num_head_channels,
