@@ -143,3 +143,14 @@ def test_openai_state_dict_samples_without_flags_when_published(tmp_path):
     result = run("sample", path, "--num", 1, "--steps", 3, "--out", tmp_path / "a.npz", "-q",
                  "--image-size", 16, "--num-head-channels", 16, "--schedule", "linear", "--diffusion-steps", 100)
     assert result.exit_code == 0, stderr_of(result)
+
+
+def test_bf16_on_cpu_and_raw_weights(models, tmp_path):
+    """The fast CPU mode runs and stays close to fp32 on the same seeds."""
+    args = ["sample", models["unet"], "--num", 2, "--ddim", 5, "-q"]
+    assert run(*args, "--precision", "fp32", "--out", tmp_path / "a.npz").exit_code == 0
+    result = run(*args, "--precision", "bf16", "--weights", "model", "--out", tmp_path / "b.npz")
+    assert result.exit_code == 0, stderr_of(result)
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert np.array_equal(a["arr_1"], b["arr_1"])
+        assert np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int)).mean() < 20
