@@ -38,7 +38,6 @@ from adm_cli.config import (
     ClassifierConfig,
     ConfigError,
     DiffusionConfig,
-    ModelSpec,
     UNetConfig,
 )
 from adm_cli.nn import NoisyClassifier, build_unet

@@ -1,7 +1,6 @@
 """The command line: every command answers --help, bad input gets one line and exit code 2."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
