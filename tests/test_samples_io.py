@@ -352,7 +352,7 @@ def test_no_labels(tmp_path, fmt):
 
 def test_zero_total(tmp_path):
     out = tmp_path / "e.npz"
-    with open_w(out, total=0) as w:
+    with open_w(out, total=0):
         pass
     with np.load(out) as z:
         assert z["arr_0"].shape == (0, H, W, C)
