@@ -157,7 +157,10 @@ def load_model(
     if expect is not None:
         kinds = (expect,) if isinstance(expect, str) else expect
         if loaded.kind not in kinds:
-            raise CheckpointError(f"{path}: is a {loaded.kind} checkpoint, expected {' or '.join(kinds)}")
+            hint = {"super-res": " (sample it with adm upsample)", "classifier": " (pass it as --classifier)"}
+            raise CheckpointError(
+                f"{path}: is a {loaded.kind} checkpoint, expected {' or '.join(kinds)}{hint.get(loaded.kind, '')}"
+            )
     return loaded
 
 
