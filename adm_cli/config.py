@@ -25,7 +25,7 @@ class ConfigError(ValueError):
     """A configuration that cannot describe a valid model or run."""
 
 
-def default_channel_mult(image_size: int, *, classifier: bool = False) -> tuple[float, ...]:
+def default_channel_mult(image_size: int) -> tuple[float, ...]:
     """The channel multipliers guided-diffusion uses for each resolution (script_util.py).
 
     Sizes the reference does not cover get one level per halving down to 8x8 pixels
@@ -164,7 +164,7 @@ class ClassifierConfig(_Serializable):
 
     def __post_init__(self) -> None:
         if not self.channel_mult:
-            object.__setattr__(self, "channel_mult", default_channel_mult(self.image_size, classifier=True))
+            object.__setattr__(self, "channel_mult", default_channel_mult(self.image_size))
         object.__setattr__(self, "channel_mult", tuple(float(m) for m in self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
         _check(self.pool in ("adaptive", "attention", "spatial", "spatial_v2"), f"unknown pool {self.pool!r}")
@@ -297,13 +297,4 @@ CLASSIFIER_PRESETS: dict[str, ClassifierConfig] = {
     "imagenet128": ClassifierConfig(image_size=128),
     "imagenet256": ClassifierConfig(image_size=256),
     "imagenet512": ClassifierConfig(image_size=512),
-}
-
-# Classifier-guidance scales with the best FID (guided-diffusion README).
-BEST_GUIDANCE_SCALE = {
-    "imagenet64": 1.0,
-    "imagenet128": 0.5,
-    "imagenet256": 1.0,
-    "imagenet512": 4.0,
-    "imagenet256-uncond": 10.0,
 }

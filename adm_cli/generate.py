@@ -205,16 +205,16 @@ def run_sampling(
     overwrite: bool = False,
     grid: str | Path | None = None,
     command: str = "",
-    base: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> Path:
-    """Sample `options.num` images into `out` (.npz or .h5), resuming a killed run.
-
-    `base` (images uint8 NHWC, labels) makes this super-resolution sampling: image i is
-    conditioned on base image i and takes its label.
-    """
+    """Sample `options.num` images into `out` (.npz or .h5), resuming a killed run."""
     check_compatible(model, classifier, options)
     unet = model.config
     assert isinstance(unet, UNetConfig) and model.diffusion is not None
+    reporter.info(
+        f"{model.kind} model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters) on "
+        f"{backend.device} in {backend.precision}; {options.sampler} {options.respacing or 'all steps'}"
+        + (f", guidance {options.guidance_scale}" if classifier is not None else "")
+    )
     schedule = make_schedule(model.diffusion, options.respacing).to(backend.device)
     num_classes = num_label_classes(model, classifier)
     shape = (unet.in_channels, unet.image_size, unet.image_size)
@@ -252,7 +252,7 @@ def run_sampling(
 
                 images, labels = _sample_range(
                     model, range(lo, hi), shape=shape, num_classes=num_classes, schedule=schedule,
-                    options=options, backend=backend, classifier=classifier, base=base, progress=step_done,
+                    options=options, backend=backend, classifier=classifier, progress=step_done,
                 )
                 images, labels = _gather(images, labels, dist)
                 if writer is not None:
@@ -311,7 +311,6 @@ def _sample_range(
     options: SampleOptions,
     backend: Backend,
     classifier: Loaded | None,
-    base: tuple[np.ndarray, np.ndarray | None] | None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     if len(indices) == 0:
@@ -321,16 +320,9 @@ def _sample_range(
     x_T, labels, gens = initial_state(
         indices, shape=shape, num_classes=num_classes, class_label=options.class_label, seed=options.seed
     )
-    kwargs = {}
-    if base is not None:
-        base_images, base_labels = base
-        low = torch.from_numpy(np.asarray(base_images[indices.start : indices.stop])).permute(0, 3, 1, 2)
-        kwargs["low_res"] = low.float() / 127.5 - 1  # (B, C, h, w) in [-1, 1]
-        if base_labels is not None and labels is not None and options.class_label is None:
-            labels = torch.from_numpy(np.asarray(base_labels[indices.start : indices.stop])).long()
     x0 = sample_batch(
         model, x_T, schedule=schedule, options=options, backend=backend, generators=gens,
-        labels=labels, classifier=classifier, model_kwargs=kwargs, progress=progress,
+        labels=labels, classifier=classifier, progress=progress,
     )
     out_labels = labels.numpy() if labels is not None else np.full(len(indices), -1, np.int64)
     return to_uint8(x0), out_labels

@@ -5,11 +5,8 @@ The library reports through a `Reporter`; only this module knows about rich.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
@@ -65,13 +62,6 @@ class Tick:
 
 
 SILENT = Reporter(quiet=True)
-
-
-def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON record (a line) with a timestamp, flushed at once."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"time": time.time(), **record}) + "\n")
-        f.flush()
 
 
 def stdout_line(text: str) -> None:

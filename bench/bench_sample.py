@@ -224,12 +224,7 @@ def main(argv=None) -> dict:
         if guided:
             clf = load_model(clf_path, expect="classifier")
             clf.model = backend.prepare(clf.model)
-        if backend.compile:
-            # sample_batch / run_sampling do not compile on their own: wrap the prepared networks
-            # here (a no-op if Backend.prepare already returned a compiled module).
-            for loaded in (model, clf):
-                if loaded is not None and not isinstance(loaded.model, torch._dynamo.eval_frame.OptimizedModule):
-                    loaded.model = backend.maybe_compile(loaded.model)
+        # With backend.compile, Backend.prepare has already wrapped both networks in torch.compile.
 
         def run() -> torch.Tensor:
             gens = image_generators([args.seed + i for i in range(B)])

@@ -12,7 +12,7 @@ from adm_cli.checkpoint import load_model
 from adm_cli.cli import options as o
 from adm_cli.cli.errors import UserError, check_writable, user_errors
 from adm_cli.diffusion import space_timesteps
-from adm_cli.generate import SampleOptions, check_compatible, run_sampling
+from adm_cli.generate import SampleOptions, run_sampling
 from adm_cli.reporting import Reporter, stdout_line
 
 EXAMPLE = """
@@ -116,12 +116,6 @@ def sample(
         seed=seed,
         clip_denoised=not no_clip,
         batch_size=batch_size,
-    )
-    check_compatible(model, clf, options)
-    reporter.info(
-        f"{model.kind} model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters) on "
-        f"{backend.device} in {backend.precision}; {chosen_sampler} {spec or 'all steps'}"
-        + (f", guidance {options.guidance_scale}" if clf else "")
     )
     with distributed(backend.device) as dist:
         backend = distributed_device(backend, dist)
