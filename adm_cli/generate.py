@@ -210,11 +210,6 @@ def run_sampling(
     check_compatible(model, classifier, options)
     unet = model.config
     assert isinstance(unet, UNetConfig) and model.diffusion is not None
-    reporter.info(
-        f"{model.kind} model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters) on "
-        f"{backend.device} in {backend.precision}; {options.sampler} {options.respacing or 'all steps'}"
-        + (f", guidance {options.guidance_scale}" if classifier is not None else "")
-    )
     schedule = make_schedule(model.diffusion, options.respacing).to(backend.device)
     num_classes = num_label_classes(model, classifier)
     shape = (unet.in_channels, unet.image_size, unet.image_size)
@@ -222,6 +217,11 @@ def run_sampling(
     if classifier is not None:
         classifier.model = backend.prepare(classifier.model)
 
+    summary = (
+        f"{model.kind} model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters) on "
+        f"{backend.device} in {backend.precision}; {options.sampler} {options.respacing or 'all steps'}"
+        + (f", guidance {options.guidance_scale}" if classifier is not None else "")
+    )
     writer: SampleWriter | None = None
     done = torch.full((), -1, dtype=torch.int64)  # -1 tells the other ranks that rank 0 failed
     try:
@@ -229,6 +229,7 @@ def run_sampling(
             writer = _open_writer(model, classifier, options, backend, out, overwrite=overwrite, command=command,
                                   has_labels=num_classes is not None)
             done.fill_(writer.done)
+            reporter.info(summary)  # only once the output is known to be usable
             if writer.done:
                 reporter.info(f"resuming {out}: {writer.done}/{options.num} samples already written")
     finally:
