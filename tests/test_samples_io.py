@@ -1,4 +1,4 @@
-"""Streamed, atomic, resumable sample files and image helpers (adm_cli.data)."""
+"""Streamed, atomic, resumable sample writers (adm_cli.data.sample_writer*)."""
 
 from __future__ import annotations
 
@@ -6,70 +6,25 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from adm_cli.data import (
-    SampleFileError,
-    iter_sample_batches,
-    load_image,
-    open_sample_writer,
-    read_samples,
-    sample_info,
-    save_grid,
-    to_uint8,
+from adm_cli.data import SampleFileError, read_samples, sample_info
+from tests.sample_helpers import (
+    BLOCK,
+    FORMATS,
+    META,
+    REPO,
+    TOTAL,
+    C,
+    H,
+    W,
+    evaluator_stream,
+    make_data,
+    open_w,
+    write_blocks,
 )
-
-H, W, C = 8, 6, 3
-TOTAL = 23
-BLOCK = 5
-META = {"fingerprint": "ckpt=abc;steps=10;seed=0", "command": "adm sample --n 23", "config": {"a": 1}, "seeds": [0, 1]}
-REPO = Path(__file__).resolve().parents[1]
-
-
-def make_data(total=TOTAL, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(total, H, W, C), dtype=np.uint8)
-    labels = rng.integers(0, 1000, size=(total,), dtype=np.int64)
-    return images, labels
-
-
-def write_blocks(w, images, labels, upto=None):
-    upto = len(images) if upto is None else upto
-    while w.done < upto:
-        s = w.done
-        e = min(upto, s + BLOCK)
-        w.write(images[s:e], labels[s:e], start=s)
-
-
-def open_w(path, **kw):
-    kw.setdefault("total", TOTAL)
-    kw.setdefault("image_shape", (H, W, C))
-    kw.setdefault("meta", META)
-    return open_sample_writer(path, **kw)
-
-
-def evaluator_stream(path, name="arr_0"):
-    """What OpenAI's evaluator does: stream the npy member, parse its header, read rows."""
-    with open(path, "rb") as f, zipfile.ZipFile(f, "r") as zf:
-        with zf.open(f"{name}.npy", "r") as arr_f:
-            version = np.lib.format.read_magic(arr_f)
-            assert version == (1, 0)
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(arr_f)
-            assert not fortran
-            rows = []
-            row = int(np.prod(shape[1:])) * dtype.itemsize
-            for _ in range(shape[0]):
-                rows.append(np.frombuffer(arr_f.read(row), dtype=dtype).reshape(shape[1:]))
-            assert arr_f.read() == b""
-    return np.stack(rows), shape, dtype
-
-
-FORMATS = ["npz", "h5"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -359,96 +314,6 @@ def test_zero_total(tmp_path):
     assert read_samples(out)[0].shape == (0, H, W, C)
 
 
-@pytest.mark.parametrize("fmt", FORMATS + ["npz_compressed", "folder"])
-@pytest.mark.parametrize("bs", [1, 4, 100])
-def test_iter_batches_equals_read(tmp_path, fmt, bs):
-    images, labels = make_data()
-    if fmt == "npz_compressed":
-        out = tmp_path / "c.npz"
-        np.savez_compressed(out, images, labels)
-    elif fmt == "folder":
-        out = tmp_path / "imgs"
-        out.mkdir()
-        for i, im in enumerate(images):
-            Image.fromarray(im).save(out / f"{i:05d}.png")
-        (out / "notes.txt").write_text("ignored")
-        labels = None
-    else:
-        out = tmp_path / f"s.{fmt}"
-        with open_w(out) as w:
-            write_blocks(w, images, labels)
-    full_i, full_l = read_samples(out)
-    np.testing.assert_array_equal(full_i, images)
-    batches = list(iter_sample_batches(out, bs))
-    assert all(len(b[0]) <= bs for b in batches)
-    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), full_i)
-    if labels is None:
-        assert full_l is None and all(b[1] is None for b in batches)
-    else:
-        np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), full_l)
-    assert batches[0][0].flags.writeable
-
-
-def test_reader_errors(tmp_path):
-    images, labels = make_data()
-    p = tmp_path / "nolabel0.npz"
-    np.savez(p, arr_1=labels)
-    with pytest.raises(SampleFileError, match="no arr_0"):
-        read_samples(p)
-    p = tmp_path / "float.npz"
-    np.savez(p, images.astype(np.float32))
-    with pytest.raises(SampleFileError, match="dtype float32"):
-        read_samples(p)
-    p = tmp_path / "nchw.npz"
-    np.savez(p, np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    with pytest.raises(SampleFileError, match="NCHW"):
-        read_samples(p)
-    p = tmp_path / "3d.npz"
-    np.savez(p, images[0])
-    with pytest.raises(SampleFileError, match="4-D"):
-        list(iter_sample_batches(p, 4))
-    p = tmp_path / "badlab.npz"
-    np.savez(p, images, labels[:3])
-    with pytest.raises(SampleFileError, match="labels"):
-        read_samples(p)
-    with pytest.raises(SampleFileError, match="no such file"):
-        read_samples(tmp_path / "missing.npz")
-    (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(SampleFileError, match="unsupported"):
-        read_samples(tmp_path / "x.txt")
-
-    good = tmp_path / "good.npz"
-    np.savez(good, images, labels)
-    data = good.read_bytes()
-    trunc = tmp_path / "trunc.npz"
-    trunc.write_bytes(data[: len(data) // 2])  # central directory lost
-    for fn in (read_samples, lambda q: list(iter_sample_batches(q, 4)), sample_info):
-        with pytest.raises(SampleFileError, match="corrupt or truncated"):
-            fn(trunc)
-    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
-    with pytest.raises(SampleFileError, match="corrupt or truncated"):
-        read_samples(tmp_path / "junk.h5")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(SampleFileError, match="no .png"):
-        read_samples(empty)
-
-
-def test_streaming_detects_truncated_member(tmp_path):
-    """A stored arr_0 whose data is shorter than its header says (consistent zip)."""
-    images, labels = make_data()
-    p = tmp_path / "short.npz"
-    buf = tmp_path / "a.npy"
-    np.save(buf, images)
-    raw = buf.read_bytes()
-    with zipfile.ZipFile(p, "w") as zf:
-        zf.writestr("arr_0.npy", raw[:-100])
-    with pytest.raises(SampleFileError, match="truncated"):
-        read_samples(p)
-    with pytest.raises(SampleFileError, match="truncated"):
-        list(iter_sample_batches(p, 4))
-
-
 def test_bad_writer_args(tmp_path):
     with pytest.raises(SampleFileError, match="unsupported"):
         open_w(tmp_path / "x.png")
@@ -486,54 +351,3 @@ def test_lock_across_processes(tmp_path, fmt):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     w.close()
     assert "refused:" in r.stdout and "in use" in r.stdout, r.stdout + r.stderr
-
-
-# ------------------------------------------------------------------ images.py
-
-
-def test_to_uint8_matches_guided_diffusion():
-    x = torch.tensor([-1.5, -1.0, -0.999, 0.0, 0.5, 0.999, 1.0, 2.0]).reshape(1, 2, 2, 2)
-    got = to_uint8(x)
-    assert got.shape == (1, 2, 2, 2) and got.dtype == np.uint8
-    ref = ((x + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_array_equal(got, ref)
-    flat = to_uint8(torch.tensor([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0]).reshape(1, 1, 1, 6)).ravel().tolist()
-    assert flat == [0, 0, 127, 254, 255, 255]  # truncation, not rounding; clamped
-    with pytest.raises(ValueError):
-        to_uint8(torch.zeros(3, 4, 4))
-
-
-@pytest.mark.parametrize("n,nrow,c,expect", [(10, None, 3, (3, 4)), (10, 5, 1, (2, 5)), (3, 8, 3, (1, 3))])
-def test_save_grid_size(tmp_path, n, nrow, c, expect):
-    rows, cols = expect
-    images = np.full((n, H, W, c), 200, np.uint8)
-    out = save_grid(images, tmp_path / "g" / "grid.png", nrow=nrow)
-    with Image.open(out) as im:
-        assert im.format == "PNG"
-        assert im.size == (cols * (W + 2) + 2, rows * (H + 2) + 2)
-        arr = np.asarray(im)
-    assert arr[0, 0].max() == 0 and arr[2, 2].min() == 200  # padding / first tile
-    assert [p.name for p in (tmp_path / "g").iterdir()] == ["grid.png"]
-
-
-GOLDEN_CROP = np.load(Path(__file__).parent.parent / "assets" / "golden" / "images" / "center_crop.npz")
-
-
-def _ref_center_crop_arr(pil_image, image_size):
-    """guided-diffusion's center_crop_arr output for this test image (assets/golden/images)."""
-    assert image_size == 16
-    return GOLDEN_CROP[f"out_{pil_image.width}x{pil_image.height}"]
-
-
-@pytest.mark.parametrize("wh", [(100, 70), (33, 64), (16, 16), (300, 200)])
-def test_load_image(tmp_path, wh):
-    arr = GOLDEN_CROP[f"in_{wh[0]}x{wh[1]}"]
-    p = tmp_path / "a.png"
-    Image.fromarray(arr).save(p)
-    x = load_image(p, 16)
-    assert x.shape == (3, 16, 16) and x.dtype == np.float32
-    assert x.min() >= -1 and x.max() <= 1
-    ref = _ref_center_crop_arr(Image.fromarray(arr), 16).astype(np.float32) / 127.5 - 1
-    np.testing.assert_array_equal(x, ref.transpose(2, 0, 1))
-    g = load_image(p, 8, channels=1)
-    assert g.shape == (1, 8, 8)
