@@ -96,6 +96,16 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """For code that can only draw from torch's global RNG (weight initialisation, dropout):
+    fork it, seed it, and restore it on exit, so nothing outside sees a change."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        yield
+
+
 def image_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One generator per image, so image i depends only on its own seed (not on batch size)."""
     return [generator(s, device) for s in seeds]

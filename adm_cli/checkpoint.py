@@ -145,7 +145,7 @@ def load_model(
     `overrides` (keys of UNET_OVERRIDES / DIFFUSION_OVERRIDES) supply or replace what a bare
     state dict cannot tell. `expect` restricts the accepted kinds.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     data = read_checkpoint(path)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if data.get("format") == FORMAT:
@@ -162,6 +162,17 @@ def load_model(
                 f"{path}: is a {loaded.kind} checkpoint, expected {' or '.join(kinds)}{hint.get(loaded.kind, '')}"
             )
     return loaded
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a training run directory -> its newest checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted((path / "checkpoints").glob("step-*.pt")) if (path / "checkpoints").is_dir() else []
+        if not found:
+            raise CheckpointError(f"{path} is a directory without checkpoints (expected RUN/checkpoints/step-*.pt)")
+        return found[-1]
+    return path
 
 
 def _is_state_dict(data: dict[str, Any]) -> bool:

@@ -79,6 +79,8 @@ class UNetConfig(_Serializable):
 
     `low_res_size` set makes it the super-resolution model: the low-resolution image is
     upsampled bilinearly and concatenated to x_t, doubling the input channels.
+    `null_class` adds one label, index `num_classes`, meaning "no class": the unconditional
+    branch of classifier-free guidance, learned by training with label dropout.
     """
 
     image_size: int
@@ -97,6 +99,7 @@ class UNetConfig(_Serializable):
     resblock_updown: bool = False
     attention_order: AttentionOrder = "legacy"
     low_res_size: int | None = None
+    null_class: bool = False
 
     def __post_init__(self) -> None:
         if not self.channel_mult:
@@ -109,6 +112,7 @@ class UNetConfig(_Serializable):
         _check(self.num_res_blocks > 0, "num_res_blocks must be positive")
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         _check(self.num_classes is None or self.num_classes > 0, "num_classes must be positive")
+        _check(not self.null_class or self.num_classes is not None, "a null class needs num_classes")
         _check(self.attention_order in ("legacy", "new"), "attention_order must be 'legacy' or 'new'")
         down = 2 ** (len(self.channel_mult) - 1)
         _check(
@@ -178,6 +182,11 @@ class ClassifierConfig(_Serializable):
         sizes = {self.image_size // 2**i for i in range(len(self.channel_mult))}
         for res in self.attention_resolutions:
             _check(res in sizes, f"attention resolution {res} px is not one of the encoder's sizes {sorted(sizes)}")
+        for mult in self.channel_mult:
+            ch = int(mult * self.model_channels)
+            _check(ch % 32 == 0, f"every level needs a multiple of 32 channels for GroupNorm(32); got {ch}")
+            if self.num_head_channels is not None:
+                _check(ch % self.num_head_channels == 0, f"{ch} channels do not split into heads of {self.num_head_channels}")
 
     @property
     def attention_ds(self) -> tuple[int, ...]:
@@ -226,6 +235,71 @@ class ModelSpec:
             self.unet.learn_sigma == self.diffusion.learned_variance,
             f"learn_sigma={self.unet.learn_sigma} does not fit variance type {self.diffusion.var_type!r}",
         )
+
+
+LRSchedule = Literal["constant", "linear", "cosine"]
+TrainPrecision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Serializable):
+    """How a network is optimised (both `train-diffusion` and `train-classifier`).
+
+    `batch_size` is the *global* batch: under torchrun each of the W processes takes
+    batch_size / W images per step, split further into `microbatch`-sized pieces whose gradients
+    accumulate (guided-diffusion's --batch_size is per process; ours is not).
+    The learning rate rises linearly over `warmup_steps`, then stays constant or anneals
+    (linearly, as guided-diffusion's --lr_anneal_steps, or by a half cosine) to 0 at `anneal_steps`.
+    EMA rates are applied after every step; with `ema_warmup` the rate is min(rate, (1+n)/(10+n))
+    at step n, so early EMA weights are usable (guided-diffusion has no warm-up: set it False
+    to train exactly as it does).
+    Diffusion-only: `loss`, `timestep_sampling`, `label_dropout`. Classifier-only: `noised`,
+    `random_crop`.
+    """
+
+    batch_size: int = 64
+    microbatch: int | None = None
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: LRSchedule = "constant"
+    anneal_steps: int | None = None
+    grad_clip: float | None = None
+    ema_rates: tuple[float, ...] = (0.9999,)
+    ema_warmup: bool = True
+    precision: TrainPrecision = "fp32"
+    seed: int = 0
+    flip: bool = True
+    loss: Literal["simple", "hybrid", "kl"] = "simple"
+    timestep_sampling: Literal["uniform", "loss-second-moment"] = "uniform"
+    label_dropout: float = 0.0
+    noised: bool = True
+    random_crop: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ema_rates", tuple(float(r) for r in self.ema_rates))
+        _check(self.batch_size > 0, f"batch size must be positive, got {self.batch_size}")
+        _check(self.microbatch is None or self.microbatch > 0, "microbatch must be positive")
+        _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, "weight decay must be >= 0")
+        _check(self.warmup_steps >= 0, "warm-up steps must be >= 0")
+        _check(self.lr_schedule in ("constant", "linear", "cosine"), f"unknown LR schedule {self.lr_schedule!r}")
+        _check(
+            self.lr_schedule == "constant" or (self.anneal_steps or 0) > 0,
+            f"LR schedule {self.lr_schedule!r} needs the number of steps to anneal over",
+        )
+        _check(self.grad_clip is None or self.grad_clip > 0, "gradient clipping norm must be positive")
+        _check(len(self.ema_rates) > 0, "at least one EMA rate is needed")
+        _check(all(0.0 <= r < 1.0 for r in self.ema_rates), f"EMA rates must be in [0, 1), got {self.ema_rates}")
+        _check(len(set(self.ema_rates)) == len(self.ema_rates), "EMA rates must be distinct")
+        _check(self.precision in ("fp32", "bf16", "fp16"), f"unknown precision {self.precision!r}")
+        _check(self.seed >= 0, "seed must be >= 0")
+        _check(self.loss in ("simple", "hybrid", "kl"), f"unknown loss {self.loss!r}")
+        _check(
+            self.timestep_sampling in ("uniform", "loss-second-moment"),
+            f"unknown timestep sampling {self.timestep_sampling!r}",
+        )
+        _check(0.0 <= self.label_dropout < 1.0, f"label dropout must be in [0, 1), got {self.label_dropout}")
 
 
 # --- The paper's published configurations (guided-diffusion README, "Download pre-trained models").
@@ -298,3 +372,60 @@ CLASSIFIER_PRESETS: dict[str, ClassifierConfig] = {
     "imagenet256": ClassifierConfig(image_size=256),
     "imagenet512": ClassifierConfig(image_size=512),
 }
+
+
+# --- Training presets: the paper's configurations (architecture from DIFFUSION_PRESETS; batch and
+# learning rate as we read ADM App. Table 11: 64x64 batch 2048 / lr 3e-4, the others 256 / 1e-4,
+# hybrid loss, EMA 0.9999) and small ones that train on a CPU. Small presets scale with the
+# image size: attention at every UNet resolution of 16 px and below ("tiny": the lowest only).
+SMALL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "unet": dict(model_channels=32, num_res_blocks=1, num_head_channels=32, learn_sigma=True, resblock_updown=True),
+        "diffusion": dict(steps=1000, schedule="cosine", var_type="learned_range"),
+        "train": dict(batch_size=32, lr=3e-4, ema_rates=(0.999,), loss="hybrid"),
+    },
+    "small": {
+        "unet": dict(model_channels=64, num_res_blocks=2, num_head_channels=32, learn_sigma=True, resblock_updown=True, dropout=0.1),
+        "diffusion": dict(steps=1000, schedule="cosine", var_type="learned_range"),
+        "train": dict(batch_size=64, lr=2e-4, ema_rates=(0.9999, 0.999), loss="hybrid"),
+    },
+}
+PAPER_TRAIN = {
+    "imagenet64": dict(batch_size=2048, lr=3e-4),
+    "imagenet128": dict(batch_size=256, lr=1e-4),
+    "imagenet256": dict(batch_size=256, lr=1e-4),
+    "imagenet256-uncond": dict(batch_size=256, lr=1e-4),
+    "imagenet512": dict(batch_size=256, lr=1e-4),
+    "lsun": dict(batch_size=256, lr=1e-4),
+    "upsample64-256": dict(batch_size=256, lr=1e-4),
+    "upsample128-512": dict(batch_size=256, lr=1e-4),
+}
+TRAIN_PRESETS = tuple(SMALL_PRESETS) + tuple(DIFFUSION_PRESETS)
+
+
+def small_attention(image_size: int, channel_mult: tuple[float, ...], *, lowest_only: bool) -> tuple[int, ...]:
+    sizes = [image_size // 2**i for i in range(len(channel_mult))]
+    chosen = [s for s in sizes if s <= 16] or [sizes[-1]]
+    return (chosen[-1],) if lowest_only else tuple(chosen)
+
+
+def preset_settings(name: str, image_size: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(unet, diffusion, train) keyword dicts of a training preset for images of `image_size`.
+
+    Paper presets keep their attention levels as downsampling factors when the size differs.
+    """
+    if name in SMALL_PRESETS:
+        p = SMALL_PRESETS[name]
+        unet = dict(p["unet"], image_size=image_size)
+        mult = default_channel_mult(image_size)
+        unet["attention_resolutions"] = small_attention(image_size, mult, lowest_only=name == "tiny")
+        return unet, dict(p["diffusion"]), dict(p["train"])
+    if name in DIFFUSION_PRESETS:
+        spec = DIFFUSION_PRESETS[name]
+        unet = spec.unet.to_dict()
+        if image_size != spec.unet.image_size:
+            unet["attention_resolutions"] = [image_size // ds for ds in spec.unet.attention_ds]
+            unet["image_size"] = image_size
+        train = dict(PAPER_TRAIN[name], ema_rates=(0.9999,), loss="hybrid")
+        return unet, spec.diffusion.to_dict(), train
+    raise ConfigError(f"unknown preset {name!r} (choose from {', '.join(TRAIN_PRESETS)})")

@@ -8,6 +8,7 @@ from adm_cli import __version__
 from adm_cli.cli.info import info
 from adm_cli.cli.pending import pending
 from adm_cli.cli.sample import EXAMPLE, sample
+from adm_cli.cli.train import CLASSIFIER_EXAMPLE, DIFFUSION_EXAMPLE, train_classifier, train_diffusion
 
 app = typer.Typer(
     name="adm",
@@ -34,5 +35,7 @@ def main(
 
 app.command("sample", epilog=EXAMPLE)(sample)
 app.command("info")(info)
-for name in ("train-diffusion", "train-classifier", "upsample", "interpolate", "evaluate"):
+app.command("train-diffusion", epilog=DIFFUSION_EXAMPLE)(train_diffusion)
+app.command("train-classifier", epilog=CLASSIFIER_EXAMPLE)(train_classifier)
+for name in ("upsample", "interpolate", "evaluate"):
     app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(pending(name))

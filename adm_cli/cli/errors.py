@@ -12,14 +12,18 @@ from adm_cli.backend import BackendError
 from adm_cli.checkpoint import CheckpointError
 from adm_cli.config import ConfigError
 from adm_cli.data.samples import SampleFileError
+from adm_cli.data.datasets import DataError
 from adm_cli.generate import GenerateError
+from adm_cli.train import RunDirError, TrainError
 
 
 class UserError(ValueError):
     """Bad input or options, reported as one line."""
 
 
-USER_ERRORS = (UserError, BackendError, CheckpointError, ConfigError, SampleFileError, GenerateError)
+USER_ERRORS = (
+    UserError, BackendError, CheckpointError, ConfigError, SampleFileError, GenerateError, DataError, RunDirError, TrainError,
+)
 F = TypeVar("F", bound=Callable)
 
 

@@ -9,8 +9,6 @@ import typer
 from adm_cli.cli.errors import fail
 
 ISSUE = {
-    "train-diffusion": "training (adm train-diffusion)",
-    "train-classifier": "training (adm train-classifier)",
     "upsample": "super-resolution sampling (adm upsample)",
     "interpolate": "DDIM interpolation (adm interpolate)",
     "evaluate": "evaluation (adm evaluate)",

@@ -9,6 +9,10 @@ from .samples import (
     read_samples,
     sample_info,
 )
+from .datasets import DataError, ImageData, open_dataset, split_holdout
+from .synthetic import SyntheticShapes
+from .idx import read_idx, write_idx
+from .batches import BatchLoader, batch_indices, random_flip, random_resized_crop, to_model_input
 
 __all__ = [
     "SampleFileError",
@@ -22,4 +26,16 @@ __all__ = [
     "make_grid",
     "center_crop_arr",
     "load_image",
+    "DataError",
+    "ImageData",
+    "open_dataset",
+    "split_holdout",
+    "SyntheticShapes",
+    "read_idx",
+    "write_idx",
+    "BatchLoader",
+    "batch_indices",
+    "to_model_input",
+    "random_flip",
+    "random_resized_crop",
 ]

@@ -75,7 +75,7 @@ class UNet(nn.Module):
         emb_dim = 4 * c.model_channels
         self.time_embed = time_embed(c.model_channels)
         if c.num_classes is not None:
-            self.label_emb = nn.Embedding(c.num_classes, emb_dim)
+            self.label_emb = nn.Embedding(c.num_classes + int(c.null_class), emb_dim)
         in_ch = c.in_channels * (2 if c.is_super_res else 1)  # super-res: x_t ‖ upsampled low-res
         self.input_blocks, self.middle_block, chans, ds = build_encoder(c, in_channels=in_ch)
         attn_up = dict(

@@ -1,0 +1,202 @@
+"""Start or resume a training run: configs from a preset plus explicit options, the run
+directory, the data, the backend and torch.distributed, then the loop.
+
+A run directory records everything needed to continue (`run.json`): resuming needs only
+`--out RUN --resume`; the architecture, diffusion and training options are never repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adm_cli import __version__
+from adm_cli.backend import Backend, Dist, distributed, distributed_device, make_backend
+from adm_cli.config import ClassifierConfig, ConfigError, DiffusionConfig, ModelSpec, TrainConfig, UNetConfig, preset_settings
+from adm_cli.data.datasets import ImageData, open_dataset, split_holdout
+from adm_cli.reporting import Reporter
+from adm_cli.train.classifier import ClassifierTask
+from adm_cli.train.diffusion import DiffusionTask
+from adm_cli.train.loop import RunOptions, TrainError, train
+from adm_cli.train.run_dir import RunDir, RunDirError
+
+__all__ = ["DataSpec", "build_classifier_configs", "build_diffusion_configs", "run_training"]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to open the training data (stored in run.json so a resume reopens it the same way)."""
+
+    path: str
+    image_size: int | None = None
+    channels: int | None = None
+    labels: str = "auto"
+    split: str = "train"
+
+    def open(self) -> ImageData:
+        return open_dataset(
+            self.path, image_size=self.image_size, channels=self.channels, labels=self.labels, split=self.split  # type: ignore[arg-type]
+        )
+
+
+def _apply(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    return {**base, **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def build_diffusion_configs(
+    data: ImageData,
+    *,
+    preset: str,
+    unet: dict[str, Any],
+    diffusion: dict[str, Any],
+    train: dict[str, Any],
+    class_cond: bool | None,
+) -> tuple[ModelSpec, TrainConfig]:
+    """Preset values, then the data's shape and classes, then every explicitly given option."""
+    image_size = unet.get("image_size") or data.image_size
+    unet_kw, diff_kw, train_kw = preset_settings(preset, image_size)
+    if class_cond is None:
+        class_cond = data.num_classes is not None
+    if class_cond and data.num_classes is None:
+        raise ConfigError("--class-cond needs labelled data (class sub-folders, file-name prefixes or npz arr_1)")
+    unet_kw.update(in_channels=data.channels, num_classes=data.num_classes if class_cond else None)
+    unet_kw = _apply(unet_kw, unet)
+    if unet.get("num_heads") is not None and unet.get("num_head_channels") is None:
+        unet_kw["num_head_channels"] = None  # an explicit head count replaces channels per head
+    train_kw = _apply(train_kw, train)
+    if "learn_sigma" in unet and unet["learn_sigma"] is not None and "var_type" not in diffusion:
+        diff_kw["var_type"] = "learned_range" if unet["learn_sigma"] else "fixed_small"
+        if train.get("loss") is None:
+            train_kw["loss"] = "hybrid" if unet["learn_sigma"] else "simple"
+    diff_kw = _apply(diff_kw, diffusion)
+    if train_kw.get("label_dropout"):
+        if not unet_kw.get("num_classes"):
+            raise ConfigError("--label-dropout needs a class-conditional model")
+        unet_kw["null_class"] = True
+    spec = ModelSpec(UNetConfig(**unet_kw), DiffusionConfig(**diff_kw))
+    config = TrainConfig(**train_kw)
+    if config.loss == "hybrid" and not spec.diffusion.learned_variance:
+        raise ConfigError("--loss hybrid needs a learned variance (--learn-sigma)")
+    if data.image_size != spec.unet.image_size:
+        raise ConfigError(f"the data is {data.image_size}x{data.image_size} but the model {spec.unet.image_size}x{spec.unet.image_size}; pass --image-size")
+    return spec, config
+
+
+def build_classifier_configs(
+    data: ImageData,
+    *,
+    classifier: dict[str, Any],
+    diffusion: DiffusionConfig,
+    train: dict[str, Any],
+) -> tuple[ClassifierConfig, TrainConfig]:
+    """guided-diffusion's classifier defaults (width 128, depth 2, attention 32/16/8 px where they
+    exist, attention pooling, 64 channels per head) scaled to the data, then explicit options.
+    Training defaults follow guided-diffusion's README recipe (lr 3e-4, weight decay 0.05); its
+    linear annealing is `--lr-schedule linear`."""
+    if data.num_classes is None:
+        raise ConfigError("classifier training needs labelled data (class sub-folders, file-name prefixes or npz arr_1)")
+    size = data.image_size
+    from adm_cli.config import default_channel_mult
+
+    sizes = [size // 2**i for i in range(len(default_channel_mult(size)))]
+    base = dict(
+        image_size=size,
+        in_channels=data.channels,
+        num_classes=data.num_classes,
+        attention_resolutions=tuple(s for s in sizes if s in (32, 16, 8)) or (sizes[-1],),
+    )
+    kw = _apply(base, classifier)
+    if classifier.get("num_head_channels") is None:
+        kw["num_head_channels"] = min(64, kw.get("model_channels", 128))
+    config = ClassifierConfig(**kw)
+    tkw = _apply(dict(lr=3e-4, weight_decay=0.05, batch_size=64, ema_rates=(0.999,)), train)
+    return config, TrainConfig(**tkw)
+
+
+def _description(kind: str, data_spec: DataSpec, data: ImageData, configs: dict[str, Any], command: str) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "adm_version": __version__,
+        "command": command,
+        "data": {**dataclasses.asdict(data_spec), "source": data.source, "size": len(data),
+                 "image_size": data.image_size, "channels": data.channels, "num_classes": data.num_classes},
+        "config": configs,
+    }
+
+
+def run_training(
+    kind: str,
+    out: str | Path,
+    *,
+    data_spec: DataSpec | None,
+    make_configs,
+    options: RunOptions,
+    device: str | None,
+    compile: bool,
+    reporter: Reporter,
+    resume: bool,
+    command: str,
+    val_fraction: float = 0.0,
+    preview_images: int = 16,
+) -> dict[str, Any]:
+    """Create (or resume) the run directory, build the task and train. `make_configs(data)`
+    returns the configs dict stored in run.json for a new run: {"unet"/"classifier", "diffusion", "train"}."""
+    run = RunDir(out)
+    with_dist_backend = make_backend(device, "fp32")
+    with distributed(with_dist_backend.device) as dist:
+        if resume:
+            description = run.read_description()
+            if description.get("kind") != kind:
+                raise RunDirError(f"{run.root} is a {description.get('kind')} run, not {kind}")
+            stored = DataSpec(**{k: description["data"][k] for k in ("path", "image_size", "channels", "labels", "split")})
+            if data_spec is not None and Path(data_spec.path).resolve() != Path(stored.path).resolve():
+                reporter.warn(f"resuming with data {data_spec.path} (the run started with {stored.path})")
+                stored = dataclasses.replace(stored, path=data_spec.path)
+            data = stored.open()
+            configs = description["config"]
+            expected = description["data"]
+            if (data.image_size, data.channels, data.num_classes) != (expected["image_size"], expected["channels"], expected["num_classes"]):
+                raise RunDirError("the data no longer matches the run (image size, channels or classes changed)")
+            data_spec = stored
+        else:
+            if data_spec is None:
+                raise TrainError("give the training data (DATA), or --resume an existing run")
+            data = data_spec.open()
+            configs = make_configs(data)
+            if dist.is_main:
+                run.create(_description(kind, data_spec, data, configs, command))
+        if dist.world_size > 1:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+        train_config = TrainConfig.from_dict(configs["train"])
+        backend = distributed_device(make_backend(device, train_config.precision, compile=compile), dist)
+        val = None
+        if kind == "classifier" and val_fraction > 0:
+            data, val = split_holdout(data, val_fraction, seed=train_config.seed)
+        task = _make_task(kind, configs, train_config, backend, dist, data, val, preview_images)
+        reporter.info(_summary(kind, run, data, task, train_config, backend, dist))
+        return train(task, data=data, config=train_config, options=options, run=run, backend=backend,
+                     dist=dist, reporter=reporter, resume=resume)
+
+
+def _make_task(kind: str, configs: dict[str, Any], train_config: TrainConfig, backend: Backend, dist: Dist,
+               data: ImageData, val: ImageData | None, preview_images: int):
+    diffusion = DiffusionConfig.from_dict(configs["diffusion"])
+    if kind == "classifier":
+        return ClassifierTask(ClassifierConfig.from_dict(configs["classifier"]), diffusion, train_config, backend, val=val, dist=dist)
+    spec = ModelSpec(UNetConfig.from_dict(configs["unet"]), diffusion)
+    return DiffusionTask(spec, train_config, backend, preview_images=preview_images, preview_data=data)
+
+
+def _summary(kind: str, run: RunDir, data: ImageData, task, config: TrainConfig, backend: Backend, dist: Dist) -> str:
+    params = sum(p.numel() for p in task.model.parameters())
+    per = config.batch_size // max(dist.world_size, 1)
+    return (
+        f"{kind} run {run.root}: {params / 1e6:.2f}M parameters, data {data.source}, "
+        f"batch {config.batch_size} ({dist.world_size} process(es) x {per}"
+        f"{f', microbatch {config.microbatch}' if config.microbatch else ''}), "
+        f"{backend.device.type} {config.precision}"
+    )
