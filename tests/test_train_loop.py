@@ -186,6 +186,14 @@ def test_classifier_training_and_guidance(tmp_path):
     assert np.load(out)["arr_0"].shape == (2, 8, 8, 3)
 
 
+def test_classifier_resume_keeps_its_holdout(tmp_path):
+    common = ["--model-channels", "32", "--num-res-blocks", "1", "--batch-size", "4", "--log-every", "1", "--quiet"]
+    adm("train-classifier", DATA, "--out", tmp_path / "a", "--clean", *common, "--val-fraction", "0.5", "--steps", 2)
+    adm("train-classifier", DATA, "--out", tmp_path / "b", "--clean", *common, "--val-fraction", "0.5", "--steps", 1)
+    adm("train-classifier", "--out", tmp_path / "b", "--resume", *common, "--steps", 2)  # no --val-fraction
+    assert_same_state(tmp_path / "a/checkpoints/step-00000002.pt", tmp_path / "b/checkpoints/step-00000002.pt")
+
+
 def test_clean_classifier(tmp_path):
     adm("train-classifier", DATA, "--out", tmp_path / "c", "--clean", "--model-channels", "32", "--num-res-blocks", "1",
         "--batch-size", "4", "--steps", 1, "--log-every", "1", "--quiet", "--val-fraction", "0.25")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from adm_cli import __version__
+from adm_cli.cli.demo import EXAMPLE as DEMO_EXAMPLE
+from adm_cli.cli.demo import demo
 from adm_cli.cli.info import info
 from adm_cli.cli.pending import pending
 from adm_cli.cli.sample import EXAMPLE, sample
@@ -35,6 +37,7 @@ def main(
 
 app.command("sample", epilog=EXAMPLE)(sample)
 app.command("info")(info)
+app.command("demo", epilog=DEMO_EXAMPLE)(demo)
 app.command("train-diffusion", epilog=DIFFUSION_EXAMPLE)(train_diffusion)
 app.command("train-classifier", epilog=CLASSIFIER_EXAMPLE)(train_classifier)
 for name in ("upsample", "interpolate", "evaluate"):

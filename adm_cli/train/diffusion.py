@@ -16,7 +16,7 @@ from adm_cli.config import ModelSpec, TrainConfig
 from adm_cli.data.batches import to_model_input
 from adm_cli.data.datasets import ImageData
 from adm_cli.data.images import to_uint8
-from adm_cli.diffusion import make_schedule, model_timesteps, q_sample, sample_ddim
+from adm_cli.diffusion import make_schedule, model_timesteps, q_sample, sample_ddpm
 from adm_cli.nn import build_unet
 from adm_cli.train.loop import INIT_STREAM, mix_seed
 from adm_cli.train.objectives import diffusion_terms
@@ -35,7 +35,7 @@ class DiffusionTask:
         backend: Backend,
         *,
         preview_images: int = 16,
-        preview_steps: int = 25,
+        preview_steps: int = 50,
         preview_data: ImageData | None = None,
     ):
         self.config = spec.unet
@@ -108,11 +108,14 @@ class DiffusionTask:
 
     @torch.no_grad()
     def preview(self, model: nn.Module, step: int) -> tuple[np.ndarray, int] | None:
-        """DDIM samples from fixed seeds (the same x_T at every preview); one class per column."""
+        """DDPM samples over `preview_steps` respaced steps from fixed seeds (the same noise at every
+        preview, so grids compare over training); one class per column. DDPM rather than DDIM:
+        early in training DDIM leaves visible noise that ancestral sampling does not."""
         n = self.preview_images
         device = self.backend.device
         c, size = self.config.in_channels, self.config.image_size
-        x_T = torch.stack([torch.randn((c, size, size), generator=torch.Generator().manual_seed(i)) for i in range(n)])
+        gens = [torch.Generator().manual_seed(i) for i in range(n)]
+        x_T = torch.stack([torch.randn((c, size, size), generator=g) for g in gens])
         kwargs: dict[str, Tensor] = {}
         nrow = int(np.ceil(np.sqrt(n)))
         if self.config.num_classes is not None:
@@ -123,7 +126,7 @@ class DiffusionTask:
                 return None
             images, _ = self.preview_data.get(np.arange(min(n, len(self.preview_data))))
             n = images.shape[0]
-            x_T = x_T[:n]
+            x_T, gens = x_T[:n], gens[:n]
             kwargs["low_res"] = F.interpolate(to_model_input(images).to(device), size=self.config.low_res_size, mode="area")
         schedule = make_schedule(self.diffusion, str(self.preview_steps))
 
@@ -131,5 +134,5 @@ class DiffusionTask:
             with self.backend.autocast():
                 return model(x, model_t, **kwargs).float()
 
-        x0 = sample_ddim(model_fn, x_T.to(device), schedule=schedule, config=self.diffusion)
+        x0 = sample_ddpm(model_fn, x_T.to(device), schedule=schedule, config=self.diffusion, generators=gens)
         return to_uint8(x0.cpu()), nrow

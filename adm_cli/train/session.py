@@ -115,9 +115,11 @@ def build_classifier_configs(
     return config, TrainConfig(**tkw)
 
 
-def _description(kind: str, data_spec: DataSpec, data: ImageData, configs: dict[str, Any], command: str) -> dict[str, Any]:
+def _description(kind: str, data_spec: DataSpec, data: ImageData, configs: dict[str, Any], command: str,
+                 val_fraction: float) -> dict[str, Any]:
     return {
         "kind": kind,
+        "val_fraction": val_fraction,
         "adm_version": __version__,
         "command": command,
         "data": {**dataclasses.asdict(data_spec), "source": data.source, "size": len(data),
@@ -160,13 +162,14 @@ def run_training(
             if (data.image_size, data.channels, data.num_classes) != (expected["image_size"], expected["channels"], expected["num_classes"]):
                 raise RunDirError("the data no longer matches the run (image size, channels or classes changed)")
             data_spec = stored
+            val_fraction = float(description.get("val_fraction", val_fraction))  # the same hold-out as before
         else:
             if data_spec is None:
                 raise TrainError("give the training data (DATA), or --resume an existing run")
             data = data_spec.open()
             configs = make_configs(data)
             if dist.is_main:
-                run.create(_description(kind, data_spec, data, configs, command))
+                run.create(_description(kind, data_spec, data, configs, command, val_fraction))
         if dist.world_size > 1:
             import torch.distributed as tdist
 
