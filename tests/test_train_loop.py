@@ -217,3 +217,13 @@ def test_user_errors(tmp_path):
     assert "labelled" in adm_fails("train-classifier", tmp_path / "unlabelled.npz", "--out", tmp_path / "c", "--steps", 1)
     adm("train-diffusion", DATA, "--out", tmp_path / "d", *TINY, "--steps", 1)
     assert "diffusion run" in adm_fails("train-classifier", "--out", tmp_path / "d", "--resume", "--steps", 1)
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = adm("demo", "--out", tmp_path / "demo", "--minutes", "0.05", "--per-class", 1, "--steps", 3, "--image-size", 8, "--quiet")
+    for name in ("unguided.png", "guided.png", "unguided.npz", "guided.npz"):
+        assert (tmp_path / "demo" / name).is_file()
+    assert np.load(tmp_path / "demo" / "guided.npz")["arr_0"].shape == (8, 8, 8, 3)
+    assert load_model(tmp_path / "demo" / "classifier").kind == "classifier"
+    assert "grids" in out
+    assert "not empty" in adm_fails("demo", "--out", tmp_path / "demo")

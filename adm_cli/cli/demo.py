@@ -36,7 +36,7 @@ and continue with e.g. `adm sample demo/diffusion --classifier demo/classifier -
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for everything the demo makes (must be new)")] = Path("adm-demo"),
-    minutes: Annotated[float, typer.Option("--minutes", help="training budget in minutes (diffusion 80%, classifier 20%)")] = 6.0,
+    minutes: Annotated[float, typer.Option("--minutes", help="training budget in minutes (diffusion 75%, classifier 25%)")] = 6.0,
     image_size: Annotated[int, typer.Option("--image-size", help="side of the built-in shapes")] = 16,
     guidance: Annotated[float, typer.Option("--guidance", "-s", help="classifier guidance scale for the guided grid")] = 4.0,
     per_class: Annotated[int, typer.Option("--per-class", help="samples per class in each grid")] = 8,
@@ -62,10 +62,10 @@ def demo(
         )
         return {"unet": spec.unet.to_dict(), "diffusion": spec.diffusion.to_dict(), "train": train.to_dict()}
 
-    reporter.info(f"1/3 training a diffusion model on the built-in shapes ({minutes * 0.8:.1f} min)")
+    reporter.info(f"1/3 training a diffusion model on the built-in shapes ({minutes * 0.75:.1f} min)")
     run_training(
         "diffusion", out / "diffusion", data_spec=data, make_configs=diffusion_configs,
-        options=RunOptions(minutes=minutes * 0.8, log_every=100, preview_every=400, save_every=10**9),
+        options=RunOptions(minutes=minutes * 0.75, log_every=100, preview_every=400, save_every=10**9),
         device=device, compile=False, reporter=reporter, resume=False, command="adm demo", preview_images=16,
     )
     model = load_model(out / "diffusion")
@@ -77,10 +77,10 @@ def demo(
         )
         return {"classifier": config.to_dict(), "diffusion": model.diffusion.to_dict(), "train": train.to_dict()}
 
-    reporter.info(f"2/3 training a noise-aware classifier ({minutes * 0.2:.1f} min)")
+    reporter.info(f"2/3 training a noise-aware classifier ({minutes * 0.25:.1f} min)")
     run_training(
         "classifier", out / "classifier", data_spec=data, make_configs=classifier_configs,
-        options=RunOptions(minutes=minutes * 0.2, log_every=100, save_every=10**9),
+        options=RunOptions(minutes=minutes * 0.25, log_every=100, save_every=10**9),
         device=device, compile=False, reporter=reporter, resume=False, command="adm demo", val_fraction=0.02,
     )
     classifier = load_model(out / "classifier")

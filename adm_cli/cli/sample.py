@@ -18,7 +18,7 @@ from adm_cli.reporting import Reporter, stdout_line
 EXAMPLE = """
 Examples:
 
-  adm sample run/ckpt-010000.pt --num 64 --out samples.npz --grid grid.png
+  adm sample runs/pets --num 64 --out samples.npz --grid grid.png     # a training run: newest checkpoint
 
   adm sample 256x256_diffusion.pt --classifier 256x256_classifier.pt --guidance 1.0 \\
       --ddim 25 --num 50000 --batch-size 64 --out samples.npz
