@@ -190,7 +190,7 @@ def test_classifier_resume_keeps_its_holdout(tmp_path):
     common = ["--model-channels", "32", "--num-res-blocks", "1", "--batch-size", "4", "--log-every", "1", "--quiet"]
     adm("train-classifier", DATA, "--out", tmp_path / "a", "--clean", *common, "--val-fraction", "0.5", "--steps", 2)
     adm("train-classifier", DATA, "--out", tmp_path / "b", "--clean", *common, "--val-fraction", "0.5", "--steps", 1)
-    adm("train-classifier", "--out", tmp_path / "b", "--resume", *common, "--steps", 2)  # no --val-fraction
+    adm("train-classifier", "--out", tmp_path / "b", "--resume", "--log-every", 1, "--quiet", "--steps", 2)  # no --val-fraction
     assert_same_state(tmp_path / "a/checkpoints/step-00000002.pt", tmp_path / "b/checkpoints/step-00000002.pt")
 
 
@@ -216,6 +216,7 @@ def test_user_errors(tmp_path):
     np.savez(tmp_path / "unlabelled.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
     assert "labelled" in adm_fails("train-classifier", tmp_path / "unlabelled.npz", "--out", tmp_path / "c", "--steps", 1)
     adm("train-diffusion", DATA, "--out", tmp_path / "d", *TINY, "--steps", 1)
+    assert "--lr cannot change on --resume" in adm_fails("train-diffusion", "--out", tmp_path / "d", "--resume", "--lr", "1e-3")
     assert "diffusion run" in adm_fails("train-classifier", "--out", tmp_path / "d", "--resume", "--steps", 1)
 
 

@@ -155,6 +155,27 @@ def _run_options(steps, minutes, save_every, save_minutes, log_every, keep, **ex
                       log_every=log_every, keep=keep, **extra)
 
 
+# What a resumed run may change: how long and how it runs, not what it trains.
+RESUMABLE = {"data", "out", "resume", "steps", "minutes", "save_every", "save_minutes", "log_every", "keep",
+             "preview_every", "preview_images", "eval_every", "device", "compile", "quiet"}
+
+
+def _check_resume_flags(ctx: typer.Context, resume: bool) -> None:
+    """On --resume the run's stored settings hold; a flag that would change them is refused."""
+    if not resume:
+        return
+    def on_command_line(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "COMMANDLINE"
+
+    changed = [f"--{name.replace('_', '-')}" for name in ctx.params if name not in RESUMABLE and on_command_line(name)]
+    if changed:
+        raise UserError(
+            f"{', '.join(changed)} cannot change on --resume (the run's settings are in its run.json); "
+            "start a new run to change them"
+        )
+
+
 def _report(summary: dict[str, Any], out: Path, reporter: Reporter) -> None:
     if not torchrun_env().is_main:
         return
@@ -219,6 +240,7 @@ def train_diffusion(
     quiet: o.Quiet = False,
 ) -> None:
     """Train an ADM diffusion model (or a super-resolution model with --low-res-size)."""
+    _check_resume_flags(ctx, resume)
     check_writable(out / "run.json")
     reporter = Reporter(quiet=quiet or not torchrun_env().is_main)
     unet = {
@@ -301,6 +323,7 @@ def train_classifier(
     quiet: o.Quiet = False,
 ) -> None:
     """Train the noise-aware classifier used for guidance (ADM Sec. 4)."""
+    _check_resume_flags(ctx, resume)
     check_writable(out / "run.json")
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")

@@ -312,7 +312,7 @@ def train(
     last_save_time, last_log_time, last_log_step = started, started, step
     last_path: str | None = None
     last_metrics: dict[str, Any] = {}
-    skipped = 0
+    skipped = skipped_at_last_log = 0
     start_step = step
     stopped_by = "steps"
 
@@ -361,7 +361,6 @@ def train(
                 meter.add_scalar("grad_norm", float(norm))
             else:
                 skipped += 1
-                meter.add_scalar("skipped", 1.0)
                 reporter.warn(f"step {step}: gradients not finite, step skipped (loss scale {scaler.scale:g})")
             scaler.update(finite)
             optimizer.zero_grad(set_to_none=True)
@@ -391,8 +390,8 @@ def train(
                     images_per_s=(step - last_log_step) * global_batch / interval,
                     elapsed_s=elapsed_before + now - started,
                 )
-                record.setdefault("skipped", 0.0)
-                last_log_time, last_log_step = now, step
+                record["skipped"] = skipped - skipped_at_last_log  # steps skipped in this interval
+                last_log_time, last_log_step, skipped_at_last_log = now, step, skipped
                 if options.eval_every is None or step % options.eval_every == 0 or done:
                     model.eval()
                     record.update(task.evaluate(net))
