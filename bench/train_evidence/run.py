@@ -207,6 +207,19 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     return status
 
 
+def without(opts: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Drop `--flag value` pairs: a resumed run keeps its stored settings, and adm refuses them."""
+    out, skip = [], False
+    for word in opts:
+        if skip:
+            skip = False
+        elif word in flags:
+            skip = True
+        else:
+            out.append(word)
+    return out
+
+
 def train_stage(name: str, run_dir: Path, new_cmd: list[str], run_opts: list[str], *, steps: int | None,
                 minutes: float | None, args, state: State) -> None:
     """Start, continue or skip a training run so that it reaches `steps` / `minutes` in total."""
@@ -231,7 +244,7 @@ def train_stage(name: str, run_dir: Path, new_cmd: list[str], run_opts: list[str
             log(f"stage {name}: done already ({run_dir.name} at step {st['step']}, {st['elapsed_s'] / 60:.2f} min of training)")
             return
         kind = "train-diffusion" if name == "diffusion" else "train-classifier"
-        cmd = adm(kind, "--out", run_dir, "--resume") + run_opts
+        cmd = adm(kind, "--out", run_dir, "--resume") + without(run_opts, ("--val-fraction", "--precision"))
         if steps is not None:
             cmd += ["--steps", str(steps)]
         if remaining is not None:
@@ -777,8 +790,8 @@ def main(argv: list[str] | None = None) -> int:
     size = image_size_of(diff_dir)
 
     # 2. noise-aware classifier, 3. clean judge
-    # --val-fraction is repeated on --resume: adm does not store it in run.json, and a resume without it
-    # would silently re-split the data with the default 0.05 (a different, overlapping validation set).
+    # On --resume adm keeps the run's stored settings (the hold-out fraction included) and refuses
+    # flags that would change them, so train_stage drops --val-fraction / --precision there.
     copts = ["--log-every", str(args.log_every), "--val-fraction", f"{args.val_fraction:g}",
              *(["--eval-every", str(args.eval_every)] if args.eval_every else []), *dflags]
     new = adm("train-classifier", args.data, "--out", clf_dir, "--diffusion", diff_dir, "--model-channels", args.classifier_channels,
