@@ -189,8 +189,8 @@ def _report(summary: dict[str, Any], out: Path, reporter: Reporter) -> None:
 @user_errors
 def train_diffusion(
     ctx: typer.Context,
+    out: Out,
     data: Data = None,
-    out: Out = Path("run"),
     preset: Annotated[str, typer.Option("--preset", help=f"starting configuration: {', '.join(TRAIN_PRESETS)}")] = "small",
     class_cond: Annotated[Optional[bool], typer.Option("--class-cond/--no-class-cond", help="condition on labels (default: when the data has labels)", rich_help_panel=ARCH)] = None,
     model_channels: Annotated[Optional[int], typer.Option("--model-channels", help="base width", rich_help_panel=ARCH)] = None,
@@ -280,8 +280,8 @@ def train_diffusion(
 @user_errors
 def train_classifier(
     ctx: typer.Context,
+    out: Out,
     data: Data = None,
-    out: Out = Path("run"),
     diffusion: Annotated[Optional[Path], typer.Option("--diffusion", help="diffusion checkpoint or run directory whose schedule the classifier must match", rich_help_panel=ARCH)] = None,
     schedule: Annotated[Optional[o.ScheduleChoice], typer.Option("--schedule", help="noise schedule (without --diffusion)", rich_help_panel=ARCH)] = None,
     diffusion_steps: Annotated[Optional[int], typer.Option("--diffusion-steps", help="T (without --diffusion)", rich_help_panel=ARCH)] = None,
