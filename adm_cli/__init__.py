@@ -7,9 +7,13 @@ Public API:
     clf = adm.load_model("256x256_classifier.pt")
     x0, labels = adm.sample_images(model, 8, sampler="ddim", respacing="ddim25",
                                    classifier=clf, guidance_scale=1.0, seed=0)
+    mine = adm.load_model("runs/pets")                     # a training run: its newest checkpoint
+
+Training is `adm_cli.train` (objectives, timestep samplers, the loop); the commands are
+`adm train-diffusion` / `adm train-classifier`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from adm_cli.backend import make_backend  # noqa: E402
 from adm_cli.checkpoint import load_model  # noqa: E402
