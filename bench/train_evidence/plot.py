@@ -361,7 +361,7 @@ def make_figures(root: str | Path) -> list[Path]:
         note = f"{last['step']} steps, {last.get('images', 0)} images seen, {last.get('elapsed_s', 0) / 60:.1f} min"
         written.append(line_chart(figs / "diffusion_loss.png", [
             Panel("loss (hybrid) and mse", [_series(diff, "loss"), _series(diff, "mse")], ylog=True, ylabel="per-image loss (log)"),
-            Panel("vb (L_vlb term)", [_series(diff, "vb", color=PALETTE[2])], ylog=True, ylabel="nats/dim-ish (log)"),
+            Panel("vb (L_vlb term)", [_series(diff, "vb", color=PALETTE[2])], ylog=True, ylabel="bits/dim x T/1000 (log)"),
         ], title="Diffusion training loss", note=note))
         quart = ["t in [0, T/4)", "[T/4, T/2)", "[T/2, 3T/4)", "[3T/4, T)"]
         written.append(line_chart(figs / "diffusion_loss_quartiles.png", [
