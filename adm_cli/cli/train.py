@@ -139,14 +139,15 @@ def _precision(value: str | None, device: str | None) -> str:
     return value
 
 
-def _train_overrides(*, batch_size, microbatch, lr, weight_decay, warmup_steps, lr_schedule, grad_clip, ema,
-                     ema_warmup, precision, seed, flip, steps, device) -> dict[str, Any]:
-    schedule = lr_schedule.value if lr_schedule else None
+def _train_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """The optimisation options both commands share (None = the preset's or default value)."""
+    schedule = params["lr_schedule"].value if params["lr_schedule"] else None
     return {
-        "batch_size": batch_size, "microbatch": microbatch, "lr": lr, "weight_decay": weight_decay,
-        "warmup_steps": warmup_steps, "lr_schedule": schedule, "grad_clip": grad_clip,
-        "ema_rates": _floats(ema, "--ema"), "ema_warmup": ema_warmup, "precision": _precision(precision, device),
-        "seed": seed, "flip": flip, "anneal_steps": steps if schedule in ("linear", "cosine") else None,
+        "batch_size": params["batch_size"], "microbatch": params["microbatch"], "lr": params["lr"],
+        "weight_decay": params["weight_decay"], "warmup_steps": params["warmup_steps"], "lr_schedule": schedule,
+        "grad_clip": params["grad_clip"], "ema_rates": _floats(params["ema"], "--ema"), "ema_warmup": params["ema_warmup"],
+        "precision": _precision(params["precision"], params["device"]), "seed": params["seed"], "flip": params["flip"],
+        "anneal_steps": params["steps"] if schedule in ("linear", "cosine") else None,
     }
 
 
@@ -255,11 +256,7 @@ def train_diffusion(
         "steps": diffusion_steps, "schedule": schedule.value if schedule else None,
         "mean_type": None if predict_x0 is None else ("x0" if predict_x0 else "epsilon"),
     }
-    train = _train_overrides(
-        batch_size=batch_size, microbatch=microbatch, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-        lr_schedule=lr_schedule, grad_clip=grad_clip, ema=ema, ema_warmup=ema_warmup, precision=precision,
-        seed=seed, flip=flip, steps=steps, device=device,
-    )
+    train = _train_overrides(ctx.params)
     train.update(loss=loss.value if loss else None, timestep_sampling=timestep_sampling.value if timestep_sampling else None,
                  label_dropout=label_dropout)
 
@@ -343,11 +340,7 @@ def train_classifier(
         "attention_resolutions": _ints(attention_resolutions, "--attention-resolutions"),
         "num_head_channels": num_head_channels, "pool": pool.value if pool else None, "dropout": dropout,
     }
-    train = _train_overrides(
-        batch_size=batch_size, microbatch=microbatch, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-        lr_schedule=lr_schedule, grad_clip=grad_clip, ema=ema, ema_warmup=ema_warmup, precision=precision,
-        seed=seed, flip=flip, steps=steps, device=device,
-    )
+    train = _train_overrides(ctx.params)
     train.update(noised=not clean, random_crop=random_crop)
 
     def make_configs(data) -> dict[str, Any]:
