@@ -20,7 +20,7 @@ repetitions. What one timed step contains:
     ref-notf32  `ref` with TF32 off (CUDA; plain `ref` runs with PyTorch's defaults, see below).
     fp32/bf16/fp16[-cl|-nocl][-tf32][-compile]
               adm: the per-step work of adm_cli.train.loop.train(), built from the same pieces
-              (make_optimizer, LossScaler, update_ema, grad_norm, _Meter, mix_seed, the dropout RNG fork):
+              (make_optimizer, LossScaler, update_ema, grad_norm, Meter, mix_seed, the dropout RNG fork):
               uint8 -> [-1, 1] (to_model_input), random flips, .to(device), t / noise / q_sample
               (task.inputs), task.terms under autocast, backward, unscale, grad norm and finiteness
               check, AdamW step, EMA, loss meter, zero_grad, timestep-sampler update. Not included:
@@ -88,7 +88,8 @@ from adm_cli.data.datasets import ArrayData
 from adm_cli.diffusion import q_sample
 from adm_cli.reporting import Reporter
 from adm_cli.train.diffusion import DiffusionTask
-from adm_cli.train.loop import _DROPOUT, _FLIP, _NOISE, RunOptions, _Meter, mix_seed
+from adm_cli.train.loop import _DROPOUT, _FLIP, _NOISE, RunOptions, mix_seed
+from adm_cli.train.metrics import Meter
 from adm_cli.train.optim import LossScaler, ema_rate_at, grad_norm, learning_rate, make_optimizer, update_ema
 from adm_cli.train.run_dir import RunDir
 from tests.golden_weights import deterministic_state_dict
@@ -264,7 +265,7 @@ class AdmTrainer:
         self.emas = {rate: [p.detach().clone() for p in self.params] for rate in config.ema_rates}
         self.net: nn.Module = torch.compile(model) if backend.compile else model
         self.uses_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
-        self.meter = _Meter(task.num_timesteps)
+        self.meter = Meter(task.num_timesteps)
         self.global_batch = self.local_batch = config.batch_size
         self.micro = min(config.microbatch or self.local_batch, self.local_batch)
         self.part = slice(0, self.local_batch)

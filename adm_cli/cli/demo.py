@@ -17,8 +17,7 @@ from adm_cli.checkpoint import load_model
 from adm_cli.cli import options as o
 from adm_cli.cli.errors import UserError, check_writable, user_errors
 from adm_cli.data.images import save_grid, to_uint8
-from adm_cli.diffusion import make_schedule
-from adm_cli.generate import SampleOptions, initial_state, sample_batch
+from adm_cli.generate import sample_images
 from adm_cli.reporting import Reporter, stdout_line
 from adm_cli.train.loop import RunOptions
 from adm_cli.train.session import DataSpec, build_classifier_configs, build_diffusion_configs, run_training
@@ -87,24 +86,21 @@ def demo(
 
     reporter.info(f"3/3 sampling {per_class} images per class, DDPM {steps} steps, without and with guidance (scale {guidance:g})")
     backend = make_backend(device, precision)
-    for loaded in (model, classifier):
-        loaded.model.to(backend.device)
+    classifier.model = backend.prepare(classifier.model)
     k = model.config.num_classes or 1
-    labels = np.repeat(np.arange(k), per_class)
-    shape = (model.config.in_channels, image_size, image_size)
+    labels = torch.arange(k).repeat_interleave(per_class)  # (k * per_class,): one row per class
     agreement = {}
     for name, scale in (("unguided", 0.0), ("guided", guidance)):
-        options = SampleOptions(num=len(labels), sampler="ddpm", respacing=str(steps), guidance_scale=scale, seed=0, batch_size=len(labels))
-        x_T, _, gens = initial_state(range(len(labels)), shape=shape, num_classes=None, class_label=None, seed=0)
-        y = torch.from_numpy(labels)
-        x0 = sample_batch(model, x_T, schedule=make_schedule(model.diffusion, str(steps)), options=options, backend=backend,
-                          generators=gens, labels=y, classifier=classifier if scale else None)
+        x0, _ = sample_images(
+            model, len(labels), sampler="ddpm", respacing=str(steps), labels=labels, seed=0, backend=backend,
+            classifier=classifier if scale else None, guidance_scale=scale,
+        )
         images = to_uint8(x0)
         save_grid(images, out / f"{name}.png", nrow=per_class)
-        np.savez(out / f"{name}.npz", arr_0=images, arr_1=labels)
+        np.savez(out / f"{name}.npz", arr_0=images, arr_1=labels.numpy())
         with torch.no_grad():  # the classifier's verdict on the final images (t = 0)
             logits = classifier.model(x0.to(backend.device), torch.zeros(len(labels), dtype=torch.long, device=backend.device))
-        agreement[name] = float((logits.argmax(1).cpu() == y).float().mean())
+        agreement[name] = float((logits.argmax(1).cpu() == labels).float().mean())
     elapsed = (time.monotonic() - started) / 60
     reporter.info(
         f"done in {elapsed:.1f} min. The classifier (at t = 0) finds the requested shape in "

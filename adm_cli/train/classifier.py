@@ -19,6 +19,7 @@ from adm_cli.data.datasets import ImageData
 from adm_cli.diffusion import make_schedule, model_timesteps, q_sample
 from adm_cli.nn import NoisyClassifier
 from adm_cli.train.loop import INIT_STREAM, mix_seed
+from adm_cli.train.metrics import Meter
 from adm_cli.train.objectives import classifier_terms
 
 __all__ = ["ClassifierTask"]
@@ -28,6 +29,7 @@ _VAL_STREAM, _CROP_STREAM = 99, 4
 
 class ClassifierTask:
     kind = "classifier"
+    observes_losses = False
 
     def __init__(
         self,
@@ -46,7 +48,7 @@ class ClassifierTask:
         self.backend = backend
         with seeded_global_rng(mix_seed(train.seed, 0, INIT_STREAM)):  # the same initial weights for the same seed
             self.model: nn.Module = NoisyClassifier(config)
-        self.schedule = make_schedule(diffusion, None)
+        self.schedule = make_schedule(diffusion, None).to(backend.device)
         self.val = val
         self.val_batch = val_batch
         self.dist = dist
@@ -102,9 +104,8 @@ class ClassifierTask:
         device = self.backend.device
         model = self.model  # the bare network: no DDP hooks for a forward-only pass
         T = self.diffusion.steps
-        sums: dict[str, list[float]] = {}
-        starts = list(range(0, len(self.val), self.val_batch))
-        for j, start in enumerate(starts):
+        meter = Meter(T)
+        for j, start in enumerate(range(0, len(self.val), self.val_batch)):
             if j % self.dist.world_size != self.dist.rank:
                 continue
             images, labels = self.val.get(np.arange(start, min(start + self.val_batch, len(self.val))))
@@ -115,26 +116,6 @@ class ClassifierTask:
             t = torch.randint(T, (b,), generator=gen, device=device) if self.train_config.noised else torch.zeros(b, dtype=torch.long, device=device)
             noise = torch.randn(x0.shape, generator=gen, device=device)
             terms = classifier_terms(self._forward(model, self._noised(x0, t, noise), t), y)
-            quart = (t * 4 // T).clamp(0, 3)
-            for name, v in terms.items():
-                v = v.double()
-                for key, sel in [(f"val_{name}", slice(None))] + [
-                    (f"val_{name}_q{q}", quart == q) for q in range(4) if self.train_config.noised
-                ]:
-                    s = sums.setdefault(key, [0.0, 0.0])
-                    s[0] += float(v[sel].sum())
-                    s[1] += float(v[sel].numel())
-        return _reduce_means(sums, self.dist, device)
+            meter.add(terms, t if self.train_config.noised else None, prefix="val_")
+        return meter.flush(self.dist, device)
 
-
-def _reduce_means(sums: dict[str, list[float]], dist: Dist, device: torch.device) -> dict[str, float]:
-    if dist.world_size > 1:
-        import torch.distributed as tdist
-
-        names: list[list[str]] = [[] for _ in range(dist.world_size)]
-        tdist.all_gather_object(names, sorted(sums))
-        keys = sorted(set().union(*names))
-        packed = torch.tensor([sums.get(k, [0.0, 0.0]) for k in keys], dtype=torch.float64, device=device)
-        tdist.all_reduce(packed)
-        sums = {k: [float(a), float(b)] for k, (a, b) in zip(keys, packed)}
-    return {k: s / n for k, (s, n) in sums.items() if n}

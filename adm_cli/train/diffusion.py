@@ -45,7 +45,7 @@ class DiffusionTask:
         self.backend = backend
         with seeded_global_rng(mix_seed(config.seed, 0, INIT_STREAM)):  # the same initial weights for the same seed
             self.model: nn.Module = build_unet(spec.unet)
-        self.schedule = make_schedule(spec.diffusion, None)
+        self.schedule = make_schedule(spec.diffusion, None).to(backend.device)
         self.sampler = make_timestep_sampler(config.timestep_sampling, spec.diffusion.steps)
         self.preview_images = preview_images
         self.preview_steps = min(preview_steps, spec.diffusion.steps)
@@ -58,6 +58,10 @@ class DiffusionTask:
     @property
     def num_timesteps(self) -> int:
         return self.diffusion.steps
+
+    @property
+    def observes_losses(self) -> bool:
+        return self.sampler.observes_losses
 
     # ------------------------------------------------------------------ one step
 
@@ -128,7 +132,7 @@ class DiffusionTask:
             n = images.shape[0]
             x_T, gens = x_T[:n], gens[:n]
             kwargs["low_res"] = F.interpolate(to_model_input(images).to(device), size=self.config.low_res_size, mode="area")
-        schedule = make_schedule(self.diffusion, str(self.preview_steps))
+        schedule = make_schedule(self.diffusion, str(self.preview_steps)).to(device)
 
         def model_fn(x: Tensor, model_t: Tensor) -> Tensor:
             with self.backend.autocast():

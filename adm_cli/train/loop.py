@@ -33,6 +33,7 @@ from adm_cli.data.batches import BatchLoader, to_model_input
 from adm_cli.data.datasets import ImageData
 from adm_cli.data.images import save_grid
 from adm_cli.reporting import Reporter
+from adm_cli.train.metrics import Meter
 from adm_cli.train.optim import LossScaler, ema_rate_at, grad_norm, learning_rate, make_optimizer, update_ema
 from adm_cli.train.run_dir import RunDir
 
@@ -83,6 +84,9 @@ class Task(Protocol):
         """Per-image loss terms (B,) of one microbatch; "loss" is the one optimised."""
         ...
 
+    observes_losses: bool
+    """Whether `observe` needs the global batch's losses (gathered across processes each step)."""
+
     def observe(self, t: Tensor, losses: Tensor) -> None:
         """Losses of the whole global batch, for loss-aware timestep sampling."""
         ...
@@ -111,53 +115,6 @@ def mix_seed(*parts: int) -> int:
 # Stream identifiers for mix_seed(seed, step, STREAM, ...); INIT_STREAM seeds weight initialisation.
 _NOISE, _FLIP, _DROPOUT = 1, 2, 3
 INIT_STREAM = 0
-
-
-class _Meter:
-    """Sums and counts of per-image terms over a logging interval, overall and per t quartile."""
-
-    def __init__(self, num_timesteps: int | None):
-        self.T = num_timesteps
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
-
-    def add(self, terms: dict[str, Tensor], t: Tensor | None) -> None:
-        for name, value in terms.items():
-            v = value.detach().double().cpu()
-            self._add(name, float(v.sum()), v.numel())
-            if t is not None and self.T:
-                q = (t.detach().cpu() * 4 // self.T).clamp(0, 3)
-                for quart in range(4):
-                    sel = v[q == quart]
-                    if sel.numel():
-                        self._add(f"{name}_q{quart}", float(sel.sum()), sel.numel())
-
-    def add_scalar(self, name: str, value: float) -> None:
-        self._add(name, value, 1)
-
-    def _add(self, name: str, total: float, count: float) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + total
-        self.counts[name] = self.counts.get(name, 0.0) + count
-
-    def flush(self, dist: Dist, device: torch.device) -> dict[str, float]:
-        names = sorted(self.sums)
-        if dist.world_size > 1:
-            import torch.distributed as tdist
-
-            # Ranks may have seen different quartiles: agree on the union of names first.
-            all_names: list[list[str]] = [[] for _ in range(dist.world_size)]
-            tdist.all_gather_object(all_names, names)
-            names = sorted(set().union(*all_names))
-            packed = torch.tensor(
-                [[self.sums.get(n, 0.0), self.counts.get(n, 0.0)] for n in names], dtype=torch.float64, device=device
-            )
-            tdist.all_reduce(packed)
-            sums = {n: float(s) for n, s in zip(names, packed[:, 0])}
-            counts = {n: float(c) for n, c in zip(names, packed[:, 1])}
-        else:
-            sums, counts = self.sums, self.counts
-        self.sums, self.counts = {}, {}
-        return {n: sums[n] / counts[n] for n in names if counts.get(n)}
 
 
 class _StopFlag:
@@ -307,7 +264,7 @@ def train(
         if shown is not None:
             save_grid(shown[0], run.preview_path(at), nrow=shown[1])
 
-    meter = _Meter(task.num_timesteps)
+    meter = Meter(task.num_timesteps)
     started = time.monotonic()
     last_save_time, last_log_time, last_log_step = started, started, step
     last_path: str | None = None
@@ -347,24 +304,24 @@ def train(
 
             if scaler.scale != 1.0:
                 torch._foreach_mul_([p.grad for p in params if p.grad is not None], 1.0 / scaler.scale)
-            norm = grad_norm(params)
-            finite = bool(torch.isfinite(norm))
+            norm = float(grad_norm(params))  # the step's one host sync: is it finite?
+            finite = math.isfinite(norm)
             if finite:
-                if config.grad_clip is not None and float(norm) > config.grad_clip:
-                    torch._foreach_mul_([p.grad for p in params if p.grad is not None], config.grad_clip / (float(norm) + 1e-6))
+                if config.grad_clip is not None and norm > config.grad_clip:
+                    torch._foreach_mul_([p.grad for p in params if p.grad is not None], config.grad_clip / (norm + 1e-6))
                 lr = learning_rate(step, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.step()
                 for rate, ema in emas.items():
                     update_ema(ema, params, ema_rate_at(rate, step, warmup=config.ema_warmup))
-                meter.add_scalar("grad_norm", float(norm))
+                meter.add_scalar("grad_norm", norm)
             else:
                 skipped += 1
                 reporter.warn(f"step {step}: gradients not finite, step skipped (loss scale {scaler.scale:g})")
             scaler.update(finite)
             optimizer.zero_grad(set_to_none=True)
-            if "t" in inputs:
+            if task.observes_losses:
                 task.observe(
                     _gather(inputs["t"], dist, part, global_batch),
                     _gather(torch.cat(step_losses).float(), dist, part, global_batch),
@@ -413,11 +370,15 @@ def train(
     return {
         "step": step,
         "steps_this_run": step - start_step,
-        "checkpoint": last_path or (str(run.latest_checkpoint()) if run.latest_checkpoint() else None),
+        "checkpoint": last_path or _optional_str(run.latest_checkpoint()),
         "skipped": skipped,
         "metrics": last_metrics,
         "stopped_by": stopped_by,
     }
+
+
+def _optional_str(path) -> str | None:
+    return str(path) if path is not None else None
 
 
 def _log_line(record: dict[str, Any]) -> str:

@@ -146,8 +146,7 @@ def run_training(
     """Create (or resume) the run directory, build the task and train. `make_configs(data)`
     returns the configs dict stored in run.json for a new run: {"unet"/"classifier", "diffusion", "train"}."""
     run = RunDir(out)
-    with_dist_backend = make_backend(device, "fp32")
-    with distributed(with_dist_backend.device) as dist:
+    with distributed(make_backend(device, "fp32").device) as dist:
         if resume:
             description = run.read_description()
             if description.get("kind") != kind:

@@ -20,6 +20,7 @@ __all__ = ["LossSecondMomentSampler", "TimestepSampler", "TimestepSampling", "Un
 
 class TimestepSampler(Protocol):
     num_steps: int
+    observes_losses: bool  # whether `update` uses the losses (else the loop need not gather them)
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(t, weights), both (batch,), on the generator's device."""
@@ -45,6 +46,8 @@ def _draw(p: Tensor, batch: int, generator: torch.Generator) -> tuple[Tensor, Te
 class UniformSampler:
     """t ~ U{0, ..., T-1}, weight 1."""
 
+    observes_losses = False
+
     def __init__(self, num_steps: int):
         self.num_steps = num_steps
 
@@ -66,6 +69,8 @@ class LossSecondMomentSampler:
     """p_t ∝ √E[L_t²] over the last `history` losses of each t, mixed with `uniform_prob` of the
     uniform distribution; uniform until every t has a full history (IDDPM Sec. 3.3, guided-diffusion
     `LossSecondMomentResampler`, history 10, uniform_prob 0.001)."""
+
+    observes_losses = True
 
     def __init__(self, num_steps: int, *, history: int = 10, uniform_prob: float = 0.001):
         self.num_steps = num_steps
