@@ -26,7 +26,7 @@ class Reporter:
             self.console.print(message, highlight=False, markup=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"warning: {message}", style="yellow", highlight=False, markup=False)
+        self.console.print(f"warning: {message}", style="yellow", highlight=False, markup=False, soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int, *, completed: int = 0) -> Iterator["Tick"]:

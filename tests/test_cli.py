@@ -12,7 +12,7 @@ from adm_cli.config import ClassifierConfig
 from tests.conftest import TINY_CLASSIFIER, write_classifier
 
 runner = CliRunner()
-COMMANDS = ["sample", "info", "train-diffusion", "train-classifier", "upsample", "interpolate", "evaluate"]
+COMMANDS = ["sample", "info", "train-diffusion", "train-classifier", "upsample", "interpolate", "evaluate", "ref-batch"]
 
 
 def run(*args):
@@ -34,7 +34,7 @@ def test_sample_help_has_examples():
     assert "--guidance 1.0" in run("sample", "--help").output
 
 
-@pytest.mark.parametrize("command", ["upsample", "interpolate", "evaluate"])
+@pytest.mark.parametrize("command", ["upsample", "interpolate"])
 def test_commands_not_built_yet_say_so(command):
     result = run(command, "x")
     assert result.exit_code == 2

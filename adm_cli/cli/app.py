@@ -7,6 +7,7 @@ import typer
 from adm_cli import __version__
 from adm_cli.cli.demo import EXAMPLE as DEMO_EXAMPLE
 from adm_cli.cli.demo import demo
+from adm_cli.cli.evaluate import EVALUATE_EXAMPLE, REF_BATCH_EXAMPLE, evaluate, ref_batch
 from adm_cli.cli.info import info
 from adm_cli.cli.pending import pending
 from adm_cli.cli.sample import EXAMPLE, sample
@@ -40,5 +41,7 @@ app.command("info")(info)
 app.command("demo", epilog=DEMO_EXAMPLE)(demo)
 app.command("train-diffusion", epilog=DIFFUSION_EXAMPLE)(train_diffusion)
 app.command("train-classifier", epilog=CLASSIFIER_EXAMPLE)(train_classifier)
-for name in ("upsample", "interpolate", "evaluate"):
+app.command("evaluate", epilog=EVALUATE_EXAMPLE)(evaluate)
+app.command("ref-batch", epilog=REF_BATCH_EXAMPLE)(ref_batch)
+for name in ("upsample", "interpolate"):
     app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(pending(name))

@@ -14,6 +14,7 @@ from adm_cli.config import ConfigError
 from adm_cli.data.samples import SampleFileError
 from adm_cli.data.datasets import DataError
 from adm_cli.generate import GenerateError
+from adm_cli.evaluate import EvaluateError, InceptionWeightsError
 from adm_cli.train import RunDirError, TrainError
 
 
@@ -23,6 +24,7 @@ class UserError(ValueError):
 
 USER_ERRORS = (
     UserError, BackendError, CheckpointError, ConfigError, SampleFileError, GenerateError, DataError, RunDirError, TrainError,
+    EvaluateError, InceptionWeightsError,
 )
 F = TypeVar("F", bound=Callable)
 

@@ -95,3 +95,18 @@ def command_line(ctx: typer.Context) -> str:
         elif value != param.default:
             words += [param.opts[0], str(value)]
     return shlex.join(words)
+
+InceptionWeights = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--inception-weights",
+        envvar="ADM_INCEPTION_WEIGHTS",
+        help="FID Inception weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth or NVIDIA's "
+        "inception-2015-12-05.pt); default: the cache, downloaded once and SHA-256 checked",
+        show_default=False,
+    ),
+]
+CacheDir = Annotated[
+    Optional[Path],
+    typer.Option("--cache-dir", envvar="ADM_CACHE", help="where downloaded weights (and features of read-only inputs) are kept"),
+]

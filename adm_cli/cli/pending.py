@@ -11,7 +11,6 @@ from adm_cli.cli.errors import fail
 ISSUE = {
     "upsample": "super-resolution sampling (adm upsample)",
     "interpolate": "DDIM interpolation (adm interpolate)",
-    "evaluate": "evaluation (adm evaluate)",
 }
 
 

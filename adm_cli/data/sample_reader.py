@@ -262,36 +262,41 @@ def sample_info(path: str | os.PathLike) -> tuple[int, tuple[int, int, int], boo
 
 
 def iter_sample_batches(
-    path: str | os.PathLike, batch_size: int
+    path: str | os.PathLike, batch_size: int, *, start: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Yield ``(images uint8 (b, H, W, C), labels int64 (b,) or None)`` in order, ``b <= batch_size``.
+    """Yield ``(images uint8 (b, H, W, C), labels int64 (b,) or None)`` in order, ``b <= batch_size``,
+    from sample ``start`` on (to resume work).
 
     Memory stays bounded by one batch (plus the labels): npz ``arr_0`` is read row by
-    row from the zip member stream after parsing its npy header (stored or deflated),
-    h5 is sliced, image folders are decoded batch by batch.
+    row from the zip member stream after parsing its npy header (stored or deflated; a
+    stored member seeks to ``start``), h5 is sliced, image folders are decoded batch by batch.
     """
     if int(batch_size) <= 0:
         raise SampleFileError(f"batch_size must be positive, got {batch_size}")
-    batch_size = int(batch_size)
+    if int(start) < 0:
+        raise SampleFileError(f"start must be >= 0, got {start}")
+    batch_size, start = int(batch_size), int(start)
     path = Path(path)
     kind = _source_kind(path)
     if kind == "folder":
         files = _list_image_files(path)
         mode = size = None
-        for i in range(0, len(files), batch_size):
+        if start and files[start:]:  # fix mode and size from the first image, as a full pass would
+            _, mode, size = _load_folder_images(files[:1], None, None)
+        for i in range(start, len(files), batch_size):
             images, mode, size = _load_folder_images(files[i : i + batch_size], mode, size)
             yield images, None
         return
     if kind == "npy":
         images = _load_npy(path)
-        for i in range(0, images.shape[0], batch_size):
+        for i in range(start, images.shape[0], batch_size):
             yield np.array(images[i : i + batch_size]), None
         return
     if kind == "h5":
         f, ds, labels = _open_h5(path)
         with f:
             n = ds.shape[0]
-            for i in range(0, n, batch_size):
+            for i in range(start, n, batch_size):
                 j = min(n, i + batch_size)
                 imgs = _h5_read(path, "images", lambda: ds[i:j])
                 if labels is None:
@@ -305,7 +310,7 @@ def iter_sample_batches(
         n = shape[0]
         if fortran:  # rows are not contiguous; cannot stream
             images, _ = read_samples(path)
-            for i in range(0, n, batch_size):
+            for i in range(start, n, batch_size):
                 j = i + batch_size
                 yield np.ascontiguousarray(images[i:j]), None if labels is None else labels[i:j]
             return
@@ -317,7 +322,16 @@ def iter_sample_batches(
                 if stored:
                     f.seek(_zip_member_data_offset(f, info))
                 read_npy_header(f)
-                for i in range(0, n, batch_size):
+                skip = min(start, n) * row
+                if stored:
+                    f.seek(skip, os.SEEK_CUR)
+                else:
+                    while skip > 0:  # a deflated stream can only be read through
+                        got = len(f.read(min(skip, _SKIP_CHUNK)))
+                        if not got:
+                            raise SampleFileError(f"{path}: arr_0 is truncated before sample {start} of {n}")
+                        skip -= got
+                for i in range(start, n, batch_size):
                     b = min(batch_size, n - i)
                     want = b * row
                     buf = _read_exact(f, want)
@@ -330,6 +344,9 @@ def iter_sample_batches(
             raise
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
             raise SampleFileError(f"{path}: arr_0 is corrupt or truncated ({one_line(e)})") from None
+
+
+_SKIP_CHUNK = 1 << 24
 
 
 def _read_exact(f, n: int) -> memoryview:
