@@ -244,3 +244,18 @@ def test_cache_finds_other_tools_copies(weights_file, tmp_path, monkeypatch):
     (tmp_path / "weights-inception-2015-12-05-6726825d.pth").write_bytes(weights_file.read_bytes())  # torch-fidelity's name
     found = W.resolve_weights(cache_dir=tmp_path, downloader=lambda u, d: pytest.fail("downloaded"))
     assert found.path.name == "weights-inception-2015-12-05-6726825d.pth"
+
+
+def test_clean_resize_is_clean_fids_and_differs_from_tf1(net):
+    from cleanfid.resize import make_resizer
+
+    from adm_cli.evaluate.nets import InceptionFeatures, clean_resize
+
+    images = np.random.default_rng(3).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    resized = clean_resize(images)
+    assert resized.shape == (2, 299, 299, 3) and resized.dtype == np.float32
+    np.testing.assert_array_equal(resized[1], make_resizer("PIL", False, "bicubic", (299, 299))(images[1]))
+    clean = InceptionFeatures(net, "w", resize="clean")(images)["pool"]
+    tf1 = InceptionFeatures(net, "w", resize="tf1")(images)["pool"]
+    assert clean.shape == tf1.shape and not np.allclose(clean, tf1, atol=1e-3)
+    assert InceptionFeatures(net, "w", resize="clean").id != InceptionFeatures(net, "w").id  # separate caches

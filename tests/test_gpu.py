@@ -34,3 +34,23 @@ def test_fast_modes_run_and_stay_close(models, precision, compile):
     )
     assert np.isfinite(fast.numpy()).all()
     assert (ref - fast).abs().mean().item() < 0.05
+
+
+@pytest.mark.gpu
+def test_inception_features_on_cuda_match_the_cpu():
+    """The evaluation network in float32 with TF32 off: CUDA features equal the CPU's closely."""
+    from adm_cli.evaluate.inception import FIDInception
+    from adm_cli.evaluate.nets import InceptionFeatures
+    from adm_cli.evaluate.precision_recall import precision_recall
+    from tests.eval_helpers import random_inception_state
+
+    net = FIDInception()
+    net.load_state_dict(random_inception_state(0), strict=False)
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    cpu = InceptionFeatures(net, "w", device="cpu")(images)
+    gpu = InceptionFeatures(net, "w", device="cuda")(images)
+    for k in ("pool", "spatial"):
+        np.testing.assert_allclose(gpu[k], cpu[k], rtol=0, atol=1e-4)
+    rng = np.random.default_rng(1)
+    ref, sam = rng.gamma(1, 0.4, (300, 2048)).astype(np.float32), rng.gamma(1, 0.41, (400, 2048)).astype(np.float32)
+    assert precision_recall(ref, sam, device="cuda") == pytest.approx(precision_recall(ref, sam), abs=3 / 300)

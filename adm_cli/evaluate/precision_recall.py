@@ -27,6 +27,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .features import exact_fp32
+
 __all__ = ["pairwise_sq_distances", "manifold_radii", "precision_recall"]
 
 FP16_MAX = 65504.0
@@ -84,29 +86,35 @@ def _eigen_half_tree(x: torch.Tensor, first_mod: int, packet: int = 8, leaf: int
     return acc
 
 
-def _norms16(u16: torch.Tensor) -> torch.Tensor:
+def _norms16(u16: torch.Tensor, first_row: int = 0) -> torch.Tensor:
     """``reduce_sum(square(u), 1)`` in float16 as TensorFlow computes it on a CPU.
 
     Squares are rounded to float16 and SUMMED IN FLOAT16 (TF widens only bfloat16 sums), in the
     order of Eigen's ``SumReducer<half>`` tree (row r starts at flat index r·K, which moves the
-    split when K is not a multiple of 8).  Bit-exact against TF 2.21's CPU kernel
+    split when K is not a multiple of 8; ``first_row`` is the index of ``u16``'s first row).  Bit-exact against TF 2.21's CPU kernel
     (assets/golden/evaluate/README.md); on a GPU TF also accumulates in float16, in cub's order.
     """
     sq = _round16(u16 * u16)
     n_rows, k = sq.shape
     out = torch.empty(n_rows, device=sq.device)
-    firsts = (torch.arange(n_rows, device=sq.device) * k) % 8
+    firsts = ((torch.arange(n_rows, device=sq.device) + first_row) * k) % 8
     for fm in torch.unique(firsts).tolist():
         sel = firsts == fm
         out[sel] = _eigen_half_tree(sq[sel], int(fm))
     return out
 
 
-def _combine16(nu: torch.Tensor, dot: torch.Tensor, nv: torch.Tensor) -> torch.Tensor:
-    """``max(nu − 2·dot + nv, 0)`` with float16 rounding after every operation, as float32."""
-    d = _round16(nu[:, None] - 2.0 * dot)  # 2·dot is exact in float16 unless it overflows
-    d = _round16(d + nv[None, :])
-    return torch.clamp_min(d, 0.0)  # NaN stays NaN (and forces the float32 path)
+def _combine16(nu: torch.Tensor, dot: torch.Tensor, nv: torch.Tensor, *, in_range: bool) -> torch.Tensor:
+    """``max(nu − 2·dot + nv, 0)`` in float16 arithmetic (each operation rounded once), as float32.
+
+    ``nu``, ``dot``, ``nv`` are float16 tensors.  ``in_range``: the block is known not to reach the
+    float16 range, so 2·dot is exact and in range and ``nu − 2·dot`` can be one fused operation
+    (it rounds identically); otherwise 2·dot is formed in float16 first, as TF does, so that an
+    overflow becomes inf exactly where it does there.
+    """
+    d = torch.sub(nu[:, None], dot, alpha=2) if in_range else nu[:, None] - dot * 2
+    d = d + nv[None, :]
+    return d.clamp_min_(0).float()  # NaN stays NaN (and forces the float32 path)
 
 
 def _combine32(nu: torch.Tensor, dot: torch.Tensor, nv: torch.Tensor) -> torch.Tensor:
@@ -114,31 +122,42 @@ def _combine32(nu: torch.Tensor, dot: torch.Tensor, nv: torch.Tensor) -> torch.T
 
 
 class _Features:
-    """One feature set: float32 rows, their float16 roundings and both kinds of norms."""
+    """One feature set: the float32 rows (not copied), their float16 roundings and both kinds of
+    squared norms.  Extra memory is the float16 copy, 2 bytes per value; norms go in row chunks."""
 
-    def __init__(self, x: np.ndarray | torch.Tensor, device: torch.device):
+    def __init__(self, x: np.ndarray | torch.Tensor, device: torch.device, chunk: int = 4096):
         self.f32 = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
-        self.f16 = _round16(self.f32)  # fp16 values held in fp32: products are exact, sums in fp32
-        self.n32 = (self.f32 * self.f32).sum(1)
-        self.n16 = _norms16(self.f16)
+        self.f16 = self.f32.half()
+        n = len(self.f32)
+        self.n32 = torch.empty(n, device=device)
+        self.n16 = torch.empty(n, dtype=torch.float16, device=device)
+        for s in range(0, n, chunk):
+            rows = slice(s, min(s + chunk, n))
+            self.n32[rows] = (self.f32[rows] * self.f32[rows]).sum(1)
+            self.n16[rows] = _norms16(self.f16[rows].float(), first_row=s).half()
 
     def __len__(self) -> int:
         return self.f32.shape[0]
 
+    def dot16(self, i: slice, other: "_Features", j: slice) -> torch.Tensor:
+        """u·v for rows i × other's rows j: exact products and float32 sums (a float32 GEMM of
+        float16 values), rounded to float16."""
+        return (self.f16[i].float() @ other.f16[j].float().T).half()
 
-def _fp16_block_finite(a: _Features, b: _Features, ra: slice, rb: slice, tile: int) -> bool:
-    """Whether the evaluator's float16 distance block for rows ``ra`` × cols ``rb`` is finite."""
-    nu, nv = a.n16[ra], b.n16[rb]
+
+def _fp16_block_mode(a: _Features, b: _Features, ra: slice, rb: slice, tile: int) -> str | None:
+    """How the evaluator's float16 block rows ``ra`` × cols ``rb`` is computed: ``"in_range"``
+    (no entry can overflow), ``"fp16"`` (finite, checked tile by tile) or None (float32 fallback)."""
+    nu, nv = a.n16[ra].float(), b.n16[rb].float()
     if not (torch.isfinite(nu).all() and torch.isfinite(nv).all()):
-        return False
-    # |nu − 2u·v + nv| <= 2(nu + nv): far from the float16 range, no entry can overflow.
+        return None
+    # |nu − 2u·v + nv| <= 2(nu + nv) and |2u·v| <= nu + nv: far from the float16 range, nothing overflows.
     if 2.0 * (nu.max() + nv.max()) < FP16_MAX / 2:
-        return True
+        return "in_range"
     for i, j in _tiles(ra, rb, tile):
-        d = _combine16(a.n16[i], _round16(a.f16[i] @ b.f16[j].T), b.n16[j])
-        if not torch.isfinite(d).all():
-            return False
-    return True
+        if not torch.isfinite(_combine16(a.n16[i], a.dot16(i, b, j), b.n16[j], in_range=False)).all():
+            return None
+    return "fp16"
 
 
 def _tiles(ra: slice, rb: slice, tile: int) -> Iterator[tuple[slice, slice]]:
@@ -154,24 +173,36 @@ def _blocks(n: int, block: int) -> list[slice]:
 def pairwise_sq_distances(u: np.ndarray, v: np.ndarray, *, device: str | torch.device = "cpu") -> np.ndarray:
     """The evaluator's ``DistanceBlock.pairwise_distances(U, V)`` for one block: (n, m) float32."""
     a, b = _Features(u, torch.device(device)), _Features(v, torch.device(device))
-    d = _combine16(a.n16, _round16(a.f16 @ b.f16.T), b.n16)
+    every = slice(0, len(a)), slice(0, len(b))
+    d = _combine16(a.n16, a.dot16(every[0], b, every[1]), b.n16, in_range=False)
     if not torch.isfinite(d).all():
         d = _combine32(a.n32, a.f32 @ b.f32.T, b.n32)
     return d.cpu().numpy()
 
 
-def _block_distances(a: _Features, b: _Features, ra: slice, rb: slice, tile: int) -> Iterator[tuple[slice, slice, torch.Tensor, Callable]]:
-    """Tiles ``(rows, cols, dot, combine)`` of one evaluator block, in its chosen precision."""
-    fp16 = _fp16_block_finite(a, b, ra, rb, tile)
+Combine = Callable[[slice, torch.Tensor, slice], torch.Tensor]
+
+
+def _block_distances(
+    a: _Features, b: _Features, ra: slice, rb: slice, tile: int, *, upper: bool = False
+) -> Iterator[tuple[slice, slice, torch.Tensor, Combine]]:
+    """Tiles ``(rows, cols, dot, combine)`` of one evaluator block, in its chosen precision;
+    ``combine(i, dot, j)`` turns products into distances (``combine(j, dot.T, i)`` for the mirror).
+    ``upper``: only tiles on or above the diagonal (a symmetric block's lower tiles are mirrors)."""
+    mode = _fp16_block_mode(a, b, ra, rb, tile)
     for i, j in _tiles(ra, rb, tile):
-        if fp16:
-            yield i, j, _round16(a.f16[i] @ b.f16[j].T), lambda i, dot, j: _combine16(a.n16[i], dot, b.n16[j])
+        if upper and i.start > j.start:
+            continue
+        if mode is not None:
+            yield i, j, a.dot16(i, b, j), lambda i, dot, j: _combine16(a.n16[i], dot, b.n16[j], in_range=mode == "in_range")
         else:
             yield i, j, a.f32[i] @ b.f32[j].T, lambda i, dot, j: _combine32(a.n32[i], dot, b.n32[j])
 
 
 def _smallest(best: torch.Tensor, d: torch.Tensor, k: int) -> torch.Tensor:
-    """The k smallest of each row of ``[best | d]`` (values only, ascending)."""
+    """The k smallest of each row of ``best`` and ``d`` together (values, ascending)."""
+    if d.shape[1] > k:
+        d = torch.topk(d, k, dim=1, largest=False, sorted=False).values
     return torch.topk(torch.cat([best, d], 1), k, dim=1, largest=False, sorted=True).values
 
 
@@ -188,15 +219,18 @@ def manifold_radii(
 
     ``np.partition(row, k)[k]`` over the full row of the evaluator's distances (self included).
     """
-    a = _Features(features, torch.device(device))
+    with exact_fp32():
+        return _manifold_radii(features, k, block_size, tile, torch.device(device), progress)
+
+
+def _manifold_radii(features, k, block_size, tile, device, progress) -> np.ndarray:
+    a = _Features(features, device)
     n = len(a)
     best = torch.full((n, k + 1), float("inf"), device=a.f32.device)
     blocks = _blocks(n, block_size)
     for bi, ra in enumerate(blocks):
         for rb in blocks[bi:]:
-            for i, j, dot, combine in _block_distances(a, a, ra, rb, min(tile, block_size)):
-                if ra == rb and i.start > j.start:
-                    continue  # the lower tiles of a diagonal block come from their mirror
+            for i, j, dot, combine in _block_distances(a, a, ra, rb, min(tile, block_size), upper=ra == rb):
                 best[i] = _smallest(best[i], combine(i, dot, j), k + 1)
                 if i != j:  # the mirror tile: rows j, same products in the other operand order
                     best[j] = _smallest(best[j], combine(j, dot.T, i), k + 1)
@@ -217,12 +251,16 @@ def precision_recall(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[float, float]:
     """``(precision, recall)`` of ``samples`` against ``ref`` (the evaluator's ``compute_prec_recall``)."""
+    with exact_fp32():  # TF32 would make the products inexact on GPUs
+        return _precision_recall(ref, samples, k, block_size, tile, torch.device(device), radii, progress)
+
+
+def _precision_recall(ref, samples, k, block_size, tile, dev, radii, progress) -> tuple[float, float]:
     if radii is None:
-        r_ref = manifold_radii(ref, k=k, block_size=block_size, tile=tile, device=device, progress=progress)
-        r_sam = manifold_radii(samples, k=k, block_size=block_size, tile=tile, device=device, progress=progress)
+        r_ref = _manifold_radii(ref, k, block_size, tile, dev, progress)
+        r_sam = _manifold_radii(samples, k, block_size, tile, dev, progress)
     else:
         r_ref, r_sam = radii
-    dev = torch.device(device)
     a, b = _Features(ref, dev), _Features(samples, dev)
     r_a = torch.as_tensor(np.asarray(r_ref, np.float32), device=dev)
     r_b = torch.as_tensor(np.asarray(r_sam, np.float32), device=dev)
@@ -232,8 +270,9 @@ def precision_recall(
         for rb in _blocks(len(b), block_size):
             for i, j, dot, combine in _block_distances(a, b, ra, rb, min(tile, block_size)):
                 d = combine(i, dot, j)  # (ref rows, sample cols)
-                ref_in[i] |= (d <= r_b[j][None, :]).any(1)
-                sam_in[j] |= (d <= r_a[i][:, None]).any(0)
+                # d <= r  ⟺  d − r <= 0 (exact in IEEE arithmetic); min-reductions are the fast form
+                ref_in[i] |= (d - r_b[j][None, :]).amin(1) <= 0
+                sam_in[j] |= (d - r_a[i][:, None]).amin(0) <= 0
             if progress is not None:
                 progress((ra.stop - ra.start) * (rb.stop - rb.start))
     precision = float(np.mean(sam_in.cpu().numpy().astype(np.float64)))
