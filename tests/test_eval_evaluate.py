@@ -252,3 +252,29 @@ def test_reference_batch_layout_and_statistics(tmp_path):
     np.savez(tmp_path / "all.npz", images)
     result = evaluate(out, tmp_path / "all.npz", ToyFeatures(), options=EvaluateOptions(metrics=("fid", "sfid")), cache=False)
     assert result.metrics["fid"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reference_batch_resumes_after_a_kill(tmp_path):
+    from adm_cli.data.datasets import open_dataset
+    from adm_cli.evaluate.ref_batch import build_reference_batch
+
+    np.savez(tmp_path / "data.npz", _images(8, 3000))
+    data = open_dataset(tmp_path / "data.npz")
+
+    class Dying(ToyFeatures):
+        def __call__(self, x):
+            if self.seen >= 2048:
+                raise _Killed()
+            return super().__call__(x)
+
+    with pytest.raises(_Killed):
+        build_reference_batch(data, tmp_path / "ref.npz", Dying(), identity="d", batch_size=256)
+    assert not (tmp_path / "ref.npz").exists() and (tmp_path / "ref.npz.partial").is_dir()
+    resumed = ToyFeatures()
+    build_reference_batch(data, tmp_path / "ref.npz", resumed, identity="d", batch_size=256)
+    assert resumed.seen == 3000 - 2048  # the two finished 1,024-image chunks were kept
+    with pytest.raises(EvaluateError, match="exists"):
+        build_reference_batch(data, tmp_path / "ref.npz", resumed, identity="d")
+    with np.load(tmp_path / "ref.npz") as z:
+        full = ToyFeatures()(_images(8, 3000))
+        np.testing.assert_allclose(z["mu"], full["pool"].astype(np.float64).mean(0), rtol=1e-6)

@@ -47,6 +47,20 @@ class NoisyClassifier(nn.Module):
                 nn.Linear(feature_size, 2048), GroupNorm32(32, 2048), nn.SiLU(), nn.Linear(2048, c.num_classes)
             )
 
+    def _encode(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last feature map, and every block's spatial mean when the head is a spatial one."""
+        emb = self.time_embed(timestep_embedding(t, self.model_channels))
+        spatial = self.config.pool.startswith("spatial")
+        means, h = [], x
+        for block in self.input_blocks:
+            h = block(h, emb)
+            if spatial:
+                means.append(h.to(x.dtype).mean(dim=(2, 3)))
+        h = self.middle_block(h, emb)
+        if spatial:
+            means.append(h.to(x.dtype).mean(dim=(2, 3)))
+        return h.to(x.dtype), means
+
     def features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The representation the head reads, pooled to one vector per image (B, D).
 
@@ -54,29 +68,13 @@ class NoisyClassifier(nn.Module):
         (D = the encoder's last width); spatial heads: the concatenated block means they take.
         Used as a domain feature space for FID / precision / recall (`adm evaluate --features`).
         """
-        emb = self.time_embed(timestep_embedding(t, self.model_channels))
-        spatial = self.config.pool.startswith("spatial")
-        means, h = [], x
-        for block in self.input_blocks:
-            h = block(h, emb)
-            if spatial:
-                means.append(h.to(x.dtype).mean(dim=(2, 3)))
-        h = self.middle_block(h, emb)
-        if spatial:
-            means.append(h.to(x.dtype).mean(dim=(2, 3)))
+        h, means = self._encode(x, t)
+        if means:
             return torch.cat(means, dim=-1)  # (B, sum of block channels)
-        return self.out[1](self.out[0](h.to(x.dtype))).mean(dim=(2, 3))  # (B, C)
+        return self.out[1](self.out[0](h)).mean(dim=(2, 3))  # (B, C)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time_embed(timestep_embedding(t, self.model_channels))
-        spatial = self.config.pool.startswith("spatial")
-        means, h = [], x
-        for block in self.input_blocks:
-            h = block(h, emb)
-            if spatial:
-                means.append(h.to(x.dtype).mean(dim=(2, 3)))
-        h = self.middle_block(h, emb)
-        if spatial:
-            means.append(h.to(x.dtype).mean(dim=(2, 3)))
+        h, means = self._encode(x, t)
+        if means:
             return self.out(torch.cat(means, dim=-1))  # (B, sum of block channels)
-        return self.out(h.to(x.dtype))
+        return self.out(h)
