@@ -132,3 +132,18 @@ def test_domain_features_from_a_classifier(models, tmp_path):
     np.savez(tmp_path / "c.npz", rng.integers(0, 256, (5, 20, 20, 3), dtype=np.uint8))
     bad = run("evaluate", tmp_path / "a.npz", tmp_path / "c.npz", "--features", models["classifier"])
     assert bad.exit_code == 2 and "takes 16x16" in err(bad)
+
+
+def test_ref_batch_images_only_needs_no_weights(tmp_path, models, monkeypatch):
+    import adm_cli.evaluate.weights as W
+
+    monkeypatch.setattr(W, "resolve_weights", lambda *a, **k: pytest.fail("weights were looked for"))
+    out = tmp_path / "imgs.npz"
+    result = run("ref-batch", "synthetic:30", "--image-size", 16, "--out", out, "--num", 20, "--no-stats")
+    assert result.exit_code == 0, err(result)
+    assert "wrote" in result.stdout and "statistics" not in result.stdout
+    with np.load(out) as z:
+        assert set(z.files) == {"arr_0", "arr_1", "adm_meta"} and z["arr_0"].shape == (20, 16, 16, 3)
+    np.savez(tmp_path / "s.npz", np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8))
+    result = run("evaluate", out, tmp_path / "s.npz", "--features", models["classifier"], "--json", "-q")
+    assert result.exit_code == 0, err(result)

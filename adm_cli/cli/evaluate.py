@@ -33,6 +33,8 @@ Examples:
   adm ref-batch data/train --image-size 64 --out ref64.npz           # folder: stats over all, 10,000 in arr_0
 
   adm ref-batch ../shared/data/fashion-mnist --out fashion_ref.npz --num 5000
+
+  adm ref-batch ../shared/data/fashion-mnist --out fashion_imgs.npz --num 5000 --no-stats   # images only
 """
 
 
@@ -49,7 +51,7 @@ Resize = Annotated[
 
 BatchSize = Annotated[
     Optional[int],
-    typer.Option("--batch-size", "-b", help="images per Inception pass; features do not depend on it [default: 64 on GPUs, 8 on CPUs]", show_default=False),
+    typer.Option("--batch-size", "-b", help="images per Inception pass; features do not depend on it (default 64 on GPUs, 8 on CPUs)", show_default=False),
 ]
 
 
@@ -136,6 +138,7 @@ def ref_batch(
     device: o.Device = None,
     inception_weights: o.InceptionWeights = None,
     cache_dir: o.CacheDir = None,
+    stats: Annotated[bool, typer.Option("--stats/--no-stats", help="Inception statistics over all images; --no-stats writes the images only (no weights needed; e.g. for --features)")] = True,
     overwrite: o.Overwrite = False,
     quiet: o.Quiet = False,
 ) -> None:
@@ -150,7 +153,7 @@ def ref_batch(
     dev = resolve_device(device)
     batch_size = _batch_size(batch_size, dev)
     data = open_dataset(images, image_size=image_size, labels=labels)  # type: ignore[arg-type]
-    net = _inception(inception_weights, cache_dir, dev, "tf1", reporter)
+    net = _inception(inception_weights, cache_dir, dev, "tf1", reporter) if stats else None
     where = Path(images)
     stamp = f"{where.resolve()}:{where.stat().st_size}:{where.stat().st_mtime_ns}" if where.exists() else images
     identity = f"{stamp}|size={image_size}|labels={labels}|n={len(data)}|{os.fspath(data.source)}"
@@ -158,4 +161,5 @@ def ref_batch(
         data, out, net, identity=identity, num_images=num, seed=seed, batch_size=batch_size, overwrite=overwrite, reporter=reporter
     )
     extra = " and labels" if result.labels else ""
-    stdout_line(f"wrote {result.path}: statistics of {result.n_images} images, {result.n_stored} images{extra} in arr_0")
+    what = f"statistics of {result.n_images} images, " if stats else ""
+    stdout_line(f"wrote {result.path}: {what}{result.n_stored} images{extra} in arr_0")

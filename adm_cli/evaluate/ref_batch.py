@@ -61,7 +61,7 @@ def write_npz_streamed(path: Path, members: Iterable[tuple[str, np.dtype, tuple[
 def build_reference_batch(
     data: ImageData,
     out: str | os.PathLike,
-    net: FeatureNet,
+    net: FeatureNet | None,
     *,
     identity: str,
     num_images: int = 10000,
@@ -71,8 +71,9 @@ def build_reference_batch(
     reporter: Reporter | None = None,
 ) -> RefBatch:
     """Write ``out`` (.npz): ``arr_0`` (≤ num_images images), ``arr_1`` (labels, if any), and the
-    statistics of ``net``'s features over all of ``data``.  ``identity`` names the data set and
-    its preprocessing, so a resumed run refuses to mix chunks of different data."""
+    statistics of ``net``'s features over all of ``data`` (none when ``net`` is None: images only,
+    for machines without the Inception weights or for ``adm evaluate --features``).  ``identity``
+    names the data set and its preprocessing, so a resumed run refuses to mix chunks of different data."""
     reporter = reporter or Reporter(quiet=True)
     out = Path(out)
     if out.suffix.lower() != ".npz":
@@ -85,22 +86,7 @@ def build_reference_batch(
     if num_images < 1:
         raise EvaluateError(f"--num must be positive, got {num_images}")
     work = out.with_name(out.name + ".partial")
-    source = DatasetSource(data, name=str(data.source), identity=identity)
-    cache = FeatureCache(work, n=n, net_id=f"{net.id}|{source.content_id()[:16]}", source=identity)
-    done = cache.done()
-    if done:
-        reporter.info(f"resuming: features of {done} of {n} images are in {work}")
-    with reporter.progress("features", n) as tick:
-        extract_features(source, net, batch_size=batch_size, cache=cache, progress=tick)
-
-    def column(kind: str):
-        def chunks():
-            for _, p in cache.chunks():
-                with np.load(p) as z:
-                    yield z[kind]
-        return chunks
-
-    stats = {kind: fid_statistics_streamed(column(kind)) for kind in net.dims}
+    stats = {} if net is None else _statistics(data, net, work, identity, batch_size, reporter)
     subset = choose_subset(n, num_images, seed)
     images0, labels0 = data.get(subset[:1])
     shape = (len(subset), *images0.shape[1:])
@@ -116,7 +102,7 @@ def build_reference_batch(
     for kind, s in stats.items():
         mu_name, sigma_name = names.get(kind, (f"mu_{kind}", f"sigma_{kind}"))
         members += [(mu_name, np.float64, s.mu.shape, (s.mu,)), (sigma_name, np.float64, s.sigma.shape, (s.sigma,))]
-    meta = json.dumps({"source": identity, "features": net.id, "n_images": n, "seed": seed}).encode()
+    meta = json.dumps({"source": identity, "features": net.id if net else None, "n_images": n, "seed": seed}).encode()
     members.append(("adm_meta", np.uint8, (len(meta),), (np.frombuffer(meta, np.uint8),)))  # JSON bytes
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -127,3 +113,25 @@ def build_reference_batch(
             tmp.unlink()
     shutil.rmtree(work, ignore_errors=True)
     return RefBatch(out, n, len(subset), labels0 is not None)
+
+
+def _statistics(data: ImageData, net: FeatureNet, work: Path, identity: str, batch_size: int, reporter: Reporter):
+    """μ, Σ of every feature kind over all of ``data``, from resumable chunks in ``work``."""
+    n = len(data)
+    source = DatasetSource(data, name=str(data.source), identity=identity)
+    cache = FeatureCache(work, n=n, net_id=f"{net.id}|{source.content_id()[:16]}", source=identity)
+    done = cache.done()
+    if done:
+        reporter.info(f"resuming: features of {done} of {n} images are in {work}")
+    with reporter.progress("features", n) as tick:
+        extract_features(source, net, batch_size=batch_size, cache=cache, progress=tick)
+
+    def column(kind: str):
+        def chunks():
+            for _, p in cache.chunks():
+                with np.load(p) as z:
+                    yield z[kind]
+
+        return chunks
+
+    return {kind: fid_statistics_streamed(column(kind)) for kind in net.dims}
