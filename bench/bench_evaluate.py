@@ -431,6 +431,21 @@ def pr_main(args) -> None:
 # features mode
 
 
+
+def throughput_row(what: str, size: int, batch: int, times: list[float], load_before) -> dict:
+    """One feature-extraction result: seconds per batch and images per second (median, best)."""
+    return {
+        "what": what,
+        "size": size,
+        "batch": batch,
+        "seconds": times,
+        "s_per_batch_median": statistics.median(times),
+        "img_per_s_median": batch / statistics.median(times),
+        "img_per_s_best": batch / min(times),
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+    }
+
 def features_main(args) -> None:
     set_threads(args.threads)
     import torch
@@ -471,17 +486,7 @@ def features_main(args) -> None:
         images = rng.integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8)
         load_before = loadavg()
         times = timed(lambda images=images: feats(images), args.batches)
-        row = {
-            "what": "InceptionFeatures.__call__",
-            "size": size,
-            "batch": args.batch,
-            "seconds": times,
-            "s_per_batch_median": statistics.median(times),
-            "img_per_s_median": args.batch / statistics.median(times),
-            "img_per_s_best": args.batch / min(times),
-            "loadavg_before": load_before,
-            "loadavg_after": loadavg(),
-        }
+        row = throughput_row("InceptionFeatures.__call__", size, args.batch, times, load_before)
         if size in [int(s) for s in args.breakdown_sizes.split(",") if s]:
             # The same steps as __call__, timed apart: uint8 -> device, resize + normalise, network.
             x_host = torch.from_numpy(np.ascontiguousarray(images))
@@ -511,17 +516,7 @@ def features_main(args) -> None:
         load_before = loadavg()
         with torch.no_grad(), exact_fp32():
             times = timed(lambda: tv(x), args.batches)
-        row = {
-            "what": "torchvision inception_v3 forward at 299x299 (reference point, not a parity check)",
-            "size": 299,
-            "batch": args.batch,
-            "seconds": times,
-            "s_per_batch_median": statistics.median(times),
-            "img_per_s_median": args.batch / statistics.median(times),
-            "img_per_s_best": args.batch / min(times),
-            "loadavg_before": load_before,
-            "loadavg_after": loadavg(),
-        }
+        row = throughput_row("torchvision inception_v3 forward at 299x299 (reference point, not a parity check)", 299, args.batch, times, load_before)
         rows.append(row)
         print(f"torchvision inception_v3 299x299 batch {args.batch}: {row['img_per_s_median']:.2f} img/s median ({row['img_per_s_best']:.2f} best), load {load_before} -> {row['loadavg_after']}")
     result = {

@@ -3,13 +3,12 @@ the evaluator's edge cases, and an independent NumPy version of its distance blo
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
 from scipy import linalg
 
-from adm_cli.evaluate.fid import FIDStatistics, fid_statistics, fid_statistics_streamed, frechet_distance, inception_score
+from adm_cli.evaluate.fid import fid_statistics, fid_statistics_streamed, frechet_distance, inception_score
 from adm_cli.evaluate.precision_recall import manifold_radii, pairwise_sq_distances, precision_recall
 
 # ---- FID

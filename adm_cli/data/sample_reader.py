@@ -18,7 +18,7 @@ from numpy.lib import format as npy_format
 
 from .sample_format import IMAGE_EXTENSIONS, SampleFileError, one_line, read_npy_header, sample_kind
 
-__all__ = ["read_samples", "iter_sample_batches", "sample_info"]
+__all__ = ["read_samples", "iter_sample_batches", "sample_info", "list_sample_images"]
 
 
 def _source_kind(path: Path) -> str:
@@ -52,7 +52,8 @@ def _check_labels_array(where: str, shape: tuple[int, ...], dtype: np.dtype, n: 
 # ---- image folders
 
 
-def _list_image_files(path: Path) -> list[Path]:
+def list_sample_images(path: Path) -> list[Path]:
+    """The images of a sample folder, in the order they are read (sorted names, not recursive)."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise SampleFileError(f"{path}: no {'/'.join(IMAGE_EXTENSIONS)} images in folder")
@@ -211,7 +212,7 @@ def read_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None
     path = Path(path)
     kind = _source_kind(path)
     if kind == "folder":
-        images, _, _ = _load_folder_images(_list_image_files(path), None, None)
+        images, _, _ = _load_folder_images(list_sample_images(path), None, None)
         return images, None
     if kind == "npy":
         return _load_npy(path), None
@@ -246,7 +247,7 @@ def sample_info(path: str | os.PathLike) -> tuple[int, tuple[int, int, int], boo
     path = Path(path)
     kind = _source_kind(path)
     if kind == "folder":
-        files = _list_image_files(path)
+        files = list_sample_images(path)
         first, _, _ = _load_folder_images(files[:1], None, None)
         return len(files), tuple(first.shape[1:]), False  # type: ignore[return-value]
     if kind == "npy":
@@ -279,7 +280,7 @@ def iter_sample_batches(
     path = Path(path)
     kind = _source_kind(path)
     if kind == "folder":
-        files = _list_image_files(path)
+        files = list_sample_images(path)
         mode = size = None
         if start and files[start:]:  # fix mode and size from the first image, as a full pass would
             _, mode, size = _load_folder_images(files[:1], None, None)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from adm_cli.data.sample_format import SampleFileError
 from adm_cli.reporting import Reporter
 
 from .features import FeatureCache, FeatureNet, extract_features, feature_cache_dir
@@ -32,6 +31,7 @@ LABELS = {
 }
 JSON_KEYS = {"is": "inception_score", "fid": "fid", "sfid": "sfid", "precision": "precision", "recall": "recall", "kid": "kid"}
 PRECOMPUTED = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
+FID_FEATURES = {"fid": "pool", "sfid": "spatial"}  # which features each Fréchet distance is of
 K_NEIGHBOURS = 3
 
 
@@ -115,8 +115,7 @@ def _check_pair(ref: ImageSource, samples: ImageSource, metrics: tuple[str, ...]
         if {"precision", "recall"} & set(metrics) and len(src) <= K_NEIGHBOURS:
             raise EvaluateError(f"{src.name}: {len(src)} images; precision/recall need more than k = {K_NEIGHBOURS}")
     # RGBA counts as RGB (alpha is dropped); gray against colour is an error
-    c_ref, c_sam = (1 if ref.image_shape[-1] == 1 else 3), (1 if samples.image_shape[-1] == 1 else 3)
-    if c_ref != c_sam:
+    if (ref.image_shape[-1] == 1) != (samples.image_shape[-1] == 1):
         raise EvaluateError(
             f"mismatched channel counts: {ref.name} has {ref.image_shape[-1]}, {samples.name} has {samples.image_shape[-1]}"
         )
@@ -179,7 +178,7 @@ def evaluate(
             return extract_features(src, net, batch_size=options.batch_size, cache=store, progress=tick)
 
     need_ref_acts = bool({"precision", "recall", "kid"} & set(metrics)) or any(
-        stats["ref"][k] is None for k in ("pool", "spatial") if (k == "pool" and "fid" in metrics) or (k == "spatial" and "sfid" in metrics)
+        stats["ref"][kind] is None for m, kind in FID_FEATURES.items() if m in metrics
     )
     ref_acts = acts(ref_src, "reference") if need_ref_acts else {}
     sam_acts = acts(sam_src, "sample")
@@ -191,7 +190,7 @@ def evaluate(
     out: dict[str, float] = {}
     if "is" in metrics:
         out["is"] = inception_score(net.class_probabilities(sam_acts["pool"]))  # type: ignore[attr-defined]
-    for m, kind in (("fid", "pool"), ("sfid", "spatial")):
+    for m, kind in FID_FEATURES.items():
         if m in metrics:
             try:
                 out[m] = get_stats("samples", kind, sam_acts).frechet_distance(get_stats("ref", kind, ref_acts))

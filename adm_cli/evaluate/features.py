@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -135,6 +134,22 @@ class FeatureCache:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class _MemoryStore:
+    """`FeatureCache`'s write/read for an extraction that keeps nothing on disk."""
+
+    def __init__(self):
+        self.blocks: list[dict[str, np.ndarray]] = []
+
+    def done(self) -> int:
+        return 0
+
+    def write(self, start: int, feats: dict[str, np.ndarray]) -> None:
+        self.blocks.append(feats)
+
+    def read(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate([b[k] for b in self.blocks], 0) for k in (self.blocks[0] if self.blocks else {})}
+
+
 def extract_features(
     source: ImageSource,
     net: FeatureNet,
@@ -144,45 +159,25 @@ def extract_features(
     chunk: int = 1024,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """All of ``source``'s features, resuming from ``cache`` and filling it as it goes."""
+    """All of ``source``'s features, resuming from ``cache`` and filling it chunk by chunk as it goes."""
+    store = cache if cache is not None else _MemoryStore()
     n = len(source)
-    done = cache.done() if cache is not None else 0
-    if progress is not None and done:
-        progress(done)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in net.dims}
-    pending: dict[str, list[np.ndarray]] = {k: [] for k in net.dims}
-    pending_rows, chunk_start = 0, done
-
-    def flush() -> None:
-        nonlocal pending_rows, chunk_start
-        block = {k: np.concatenate(v, 0) for k, v in pending.items()}
-        if cache is not None:
-            cache.write(chunk_start, block)
-        else:
-            for k, v in block.items():
-                parts[k].append(v)
-        chunk_start += pending_rows
-        pending_rows = 0
-        for v in pending.values():
-            v.clear()
-
-    if done < n:
-        for images in source.batches(batch_size, start=done):
-            feats = net(images)
-            for k in net.dims:
-                pending[k].append(feats[k])
-            pending_rows += len(images)
+    start = store.done()
+    if progress is not None and start:
+        progress(start)
+    pending: list[dict[str, np.ndarray]] = []
+    rows = 0
+    if start < n:
+        for images in source.batches(batch_size, start=start):
+            pending.append(net(images))
+            rows += len(images)
             if progress is not None:
                 progress(len(images))
-            if pending_rows >= chunk:
-                flush()
-        if pending_rows:
-            flush()
-    if cache is not None:
-        out = cache.read()
-    else:
-        out = {k: np.concatenate(v, 0) if v else np.zeros((0, d), np.float32) for (k, v), d in zip(parts.items(), net.dims.values())}
-    got = len(next(iter(out.values())))
+            if rows >= chunk or start + rows == n:
+                store.write(start, {k: np.concatenate([p[k] for p in pending], 0) for k in net.dims})
+                start, rows, pending = start + rows, 0, []
+    out = store.read()
+    got = len(next(iter(out.values()))) if out else 0
     if got != n:
         raise RuntimeError(f"{source.name}: extracted {got} feature rows for {n} images")
     return out

@@ -18,7 +18,7 @@ each of the 94 conv layers, ``<path>.weight`` (OIHW, no conv bias), ``<path>.bet
 underscore names (``layers.mixed_9.tower_1_mixed_conv_1`` = TF ``mixed_9/tower_1/mixed/conv_1``).
 That the TorchScript file has exactly these names (and BN ``weight=None``, eps 1e-3) is read
 from miemie2013/ppgan@9d99cb3fd5472d9422800f78f77a98797dc3f3f1
-``convert_weights/inception_convert_weights.py``, which copies ``torch.load(...).state_dict()``
+``convert_weights/inception_convert_weights.py``, which copies the TorchScript module's ``state_dict()``
 of the TorchScript file key by key (``.conv.weight``→``.weight``, ``.bn.bias``→``.beta``,
 ``.bn.running_mean``→``.mean``, ``.bn.running_var``→``.var``, ``output.*``) into a module
 tree identical to OpenAI's and compares the outputs.

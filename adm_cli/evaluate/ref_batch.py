@@ -126,9 +126,11 @@ def _statistics(data: ImageData, net: FeatureNet, work: Path, identity: str, bat
     with reporter.progress("features", n) as tick:
         extract_features(source, net, batch_size=batch_size, cache=cache, progress=tick)
 
+    paths = [p for _, p in cache.chunks()]  # checked once; each pass reads only one array per chunk
+
     def column(kind: str):
         def chunks():
-            for _, p in cache.chunks():
+            for p in paths:
                 with np.load(p) as z:
                     yield z[kind]
 

@@ -17,8 +17,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from adm_cli.data.datasets import ImageData
-from adm_cli.data.sample_format import IMAGE_EXTENSIONS, SampleFileError
-from adm_cli.data.sample_reader import iter_sample_batches, sample_info
+from adm_cli.data.sample_reader import iter_sample_batches, list_sample_images, sample_info
 
 __all__ = ["ImageSource", "SampleSource", "DatasetSource", "CACHE_DIRNAME"]
 
@@ -69,14 +68,12 @@ class SampleSource:
             yield images
 
     def _files(self) -> list[Path]:
-        if self.path.is_dir():
-            return sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        return [self.path]
+        return list_sample_images(self.path) if self.path.is_dir() else [self.path]
 
     def content_id(self) -> str:
         """SHA-256 of the file's bytes (a folder: of its image files' names and bytes)."""
         files = self._files()
-        stamp = [[os.fspath(p.name), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        stamp = [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in (p.stat(),)]
         memo = self.memo_path()
         try:
             stored = json.loads(memo.read_text())

@@ -15,7 +15,6 @@ against the SHA-256 and renamed into place only when it matches.  NVIDIA's Torch
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from adm_cli.checkpoint import file_digest as file_sha256  # one SHA-256 helper for the project
 
 from .inception import FIDInception
 
@@ -59,14 +60,6 @@ class WeightsFile:
     def network_id(self) -> str:
         """What feature caches are keyed by: the weights' content."""
         return f"inception-{self.sha256[:16]}"
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:
