@@ -102,14 +102,13 @@ def evaluate(
     """IS, FID, sFID, precision and recall of SAMPLES against REF, as OpenAI's evaluator computes them (no TensorFlow)."""
     from adm_cli.evaluate import EvaluateOptions
     from adm_cli.evaluate import evaluate as run_evaluation
+    from adm_cli.evaluate.evaluator import open_inputs
 
     reporter = Reporter(quiet=quiet)
     chosen = _metrics(metrics, features)
     dev = resolve_device(device)
     options = EvaluateOptions(metrics=chosen, batch_size=_batch_size(batch_size, dev))
-    for p in (ref, samples):
-        if not p.exists():
-            raise UserError(f"{p}: no such file or folder")
+    sources = open_inputs(ref, samples, chosen)  # bad input fails before weights are looked for
     if features is not None:
         from adm_cli.checkpoint import load_model
         from adm_cli.evaluate.nets import ClassifierFeatures
@@ -118,7 +117,7 @@ def evaluate(
     else:
         net = _inception(inception_weights, cache_dir, dev, resize.value, reporter)
     fallback = cache_dir / "features" if cache_dir is not None else None
-    result = run_evaluation(ref, samples, net, options=options, cache=cache, cache_fallback=fallback, reporter=reporter, device=str(dev))
+    result = run_evaluation(*sources, net, options=options, cache=cache, cache_fallback=fallback, reporter=reporter, device=str(dev))
     if json_out:
         stdout_line(json.dumps({"ref": str(ref), "samples": str(samples), **result.as_json()}, indent=2))
     else:
@@ -146,13 +145,14 @@ def ref_batch(
     import os
 
     from adm_cli.data.datasets import open_dataset
-    from adm_cli.evaluate.ref_batch import build_reference_batch
+    from adm_cli.evaluate.ref_batch import build_reference_batch, check_reference_batch
 
     reporter = Reporter(quiet=quiet)
     check_writable(out)
     dev = resolve_device(device)
     batch_size = _batch_size(batch_size, dev)
     data = open_dataset(images, image_size=image_size, labels=labels)  # type: ignore[arg-type]
+    check_reference_batch(data, out, num_images=num, overwrite=overwrite)  # before weights are looked for
     net = _inception(inception_weights, cache_dir, dev, "tf1", reporter) if stats else None
     where = Path(images)
     stamp = f"{where.resolve()}:{where.stat().st_size}:{where.stat().st_mtime_ns}" if where.exists() else images

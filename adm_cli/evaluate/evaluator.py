@@ -22,7 +22,7 @@ from .fid import FIDStatistics, fid_statistics, inception_score
 from .precision_recall import precision_recall
 from .sources import ImageSource, SampleSource
 
-__all__ = ["METRICS", "ALL_METRICS", "LABELS", "EvaluateError", "EvaluateOptions", "Evaluation", "evaluate", "read_precomputed"]
+__all__ = ["open_inputs", "METRICS", "ALL_METRICS", "LABELS", "EvaluateError", "EvaluateOptions", "Evaluation", "evaluate", "read_precomputed"]
 
 METRICS = ("is", "fid", "sfid", "precision", "recall")  # OpenAI's five, in its order
 ALL_METRICS = METRICS + ("kid",)
@@ -108,6 +108,16 @@ def _stats_from_file(path: Path, kind: str, dim: int, stored: dict[str, np.ndarr
     return FIDStatistics(mu, sigma)
 
 
+def open_inputs(
+    ref: str | os.PathLike | SampleSource, samples: str | os.PathLike | SampleSource, metrics: tuple[str, ...] = METRICS
+) -> tuple[SampleSource, SampleSource]:
+    """Open and check both batches (headers only), so bad input fails before any network loads."""
+    ref_src = ref if isinstance(ref, SampleSource) else SampleSource(ref)
+    sam_src = samples if isinstance(samples, SampleSource) else SampleSource(samples)
+    _check_pair(ref_src, sam_src, metrics)
+    return ref_src, sam_src
+
+
 def _check_pair(ref: ImageSource, samples: ImageSource, metrics: tuple[str, ...]) -> None:
     for src in (ref, samples):
         if len(src) < 2:
@@ -134,8 +144,8 @@ def _kid(ref: np.ndarray, samples: np.ndarray, options: EvaluateOptions) -> floa
 
 
 def evaluate(
-    ref: str | os.PathLike,
-    samples: str | os.PathLike,
+    ref: str | os.PathLike | SampleSource,
+    samples: str | os.PathLike | SampleSource,
     net: FeatureNet,
     *,
     options: EvaluateOptions = EvaluateOptions(),
@@ -144,15 +154,15 @@ def evaluate(
     reporter: Reporter | None = None,
     device: str = "cpu",
 ) -> Evaluation:
-    """Evaluate ``samples`` against ``ref`` with ``net``'s features (see the module docstring)."""
+    """Evaluate ``samples`` against ``ref`` with ``net``'s features (see the module docstring).
+    ``ref`` / ``samples``: paths, or the sources `open_inputs` returned."""
     reporter = reporter or Reporter(quiet=True)
     metrics = options.metrics
     has_spatial = "spatial" in net.dims
     if not has_spatial and {"is", "sfid"} & set(metrics):
         bad = [m for m in metrics if m in ("is", "sfid")]
         raise EvaluateError(f"{', '.join(LABELS[m] for m in bad)} need Inception features; drop them or --features")
-    ref_src, sam_src = SampleSource(ref), SampleSource(samples)
-    _check_pair(ref_src, sam_src, metrics)
+    ref_src, sam_src = open_inputs(ref, samples, metrics)
     check_shape = getattr(net, "check_shape", None)  # networks with a fixed input size
     if check_shape is not None:
         for src in (ref_src, sam_src):

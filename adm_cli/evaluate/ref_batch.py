@@ -29,7 +29,7 @@ from .features import FeatureCache, FeatureNet, extract_features
 from .fid import fid_statistics_streamed
 from .sources import DatasetSource
 
-__all__ = ["RefBatch", "build_reference_batch", "choose_subset", "write_npz_streamed"]
+__all__ = ["RefBatch", "build_reference_batch", "check_reference_batch", "choose_subset", "write_npz_streamed"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,18 @@ def write_npz_streamed(path: Path, members: Iterable[tuple[str, np.dtype, tuple[
                     out.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
 
 
+def check_reference_batch(data: ImageData, out: Path, *, num_images: int, overwrite: bool) -> None:
+    """What `build_reference_batch` refuses, checkable before any network loads."""
+    if Path(out).suffix.lower() != ".npz":
+        raise EvaluateError(f"{out}: a reference batch is an .npz file")
+    if Path(out).exists() and not overwrite:
+        raise EvaluateError(f"{out} exists; pass --overwrite to replace it")
+    if len(data) < 2:
+        raise EvaluateError(f"{data.source}: {len(data)} image(s); a reference batch needs at least 2")
+    if num_images < 1:
+        raise EvaluateError(f"--num must be positive, got {num_images}")
+
+
 def build_reference_batch(
     data: ImageData,
     out: str | os.PathLike,
@@ -76,15 +88,8 @@ def build_reference_batch(
     names the data set and its preprocessing, so a resumed run refuses to mix chunks of different data."""
     reporter = reporter or Reporter(quiet=True)
     out = Path(out)
-    if out.suffix.lower() != ".npz":
-        raise EvaluateError(f"{out}: a reference batch is an .npz file")
-    if out.exists() and not overwrite:
-        raise EvaluateError(f"{out} exists; pass --overwrite to replace it")
+    check_reference_batch(data, out, num_images=num_images, overwrite=overwrite)
     n = len(data)
-    if n < 2:
-        raise EvaluateError(f"{data.source}: {n} image(s); a reference batch needs at least 2")
-    if num_images < 1:
-        raise EvaluateError(f"--num must be positive, got {num_images}")
     work = out.with_name(out.name + ".partial")
     stats = {} if net is None else _statistics(data, net, work, identity, batch_size, reporter)
     subset = choose_subset(n, num_images, seed)

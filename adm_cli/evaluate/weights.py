@@ -139,7 +139,8 @@ def load_inception_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise InceptionWeightsError(f"{path}: not a readable weights file ({' '.join(str(e).split())[:160]})") from None
+            # torch's own message for a non-checkpoint is a paragraph about weights_only; the type says enough
+            raise InceptionWeightsError(f"{path}: not a readable weights file (not a PyTorch state dict: {type(e).__name__})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
