@@ -69,9 +69,10 @@ def _inception(weights: Path | None, cache_dir: Path | None, device, resize: str
 
     cache = cache_dir / "inception" if cache_dir is not None else None
     found = resolve_weights(weights, cache_dir=cache)
+    net = load_inception(found, device)
     if not found.standard:
         reporter.warn(f"{found.path} is not the standard FID Inception file (sha256 {found.sha256[:16]}…); metrics will not be comparable with published ones")
-    return InceptionFeatures(load_inception(found, device), found.network_id, device=device, resize=resize)
+    return InceptionFeatures(net, found.network_id, device=device, resize=resize)
 
 
 def _metrics(text: str | None, features: Path | None) -> tuple[str, ...]:
