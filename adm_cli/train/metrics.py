@@ -52,7 +52,8 @@ class Meter:
             if packed is not None:
                 tdist.all_reduce(packed)
         else:
-            packed = torch.stack([self._acc[n] for n in names]) if names else None
+            # Terms live on the network's device, scalars such as grad_norm may be on the CPU.
+            packed = torch.stack([self._acc[n].to(device) for n in names]) if names else None
         self._acc = {}
         if packed is None:
             return {}
