@@ -28,6 +28,7 @@ from adm_cli.diffusion import (
     make_schedule,
     sample_ddim,
     sample_ddpm,
+    space_timesteps,
 )
 from adm_cli.reporting import SILENT, Reporter
 
@@ -96,6 +97,16 @@ def check_compatible(model: Loaded, classifier: Loaded | None, options: SampleOp
         raise GenerateError(f"--respacing {options.respacing!r}: {e}") from None
 
 
+def ddim_spacing(k: int, steps: int) -> str:
+    """`ddimK` (a constant stride from t = 0, as guided-diffusion's DDIM runs use) when some
+    stride gives exactly K steps, else K evenly spaced steps."""
+    try:
+        space_timesteps(steps, f"ddim{k}")
+        return f"ddim{k}"
+    except ValueError:
+        return str(k)
+
+
 def num_label_classes(model: Loaded, classifier: Loaded | None) -> int | None:
     if isinstance(model.config, UNetConfig) and model.config.num_classes is not None:
         return model.config.num_classes
@@ -122,6 +133,30 @@ def initial_state(
     return x_T, labels, gens
 
 
+def network_fn(
+    model: Loaded,
+    backend: Backend,
+    *,
+    labels: torch.Tensor | None = None,
+    model_kwargs: dict[str, torch.Tensor] | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The sampler's `model_fn(x_t, model_t)`: the network in the backend's precision, closed over
+    the class labels (used by class-conditional models only) and extra inputs such as `low_res`."""
+    assert isinstance(model.config, UNetConfig)
+    device = backend.device
+    net = model.model
+    y = labels.to(device) if labels is not None and model.config.num_classes is not None else None
+    kwargs = {k: v.to(device) for k, v in (model_kwargs or {}).items()}
+    memory_format = torch.channels_last if backend.channels_last else torch.contiguous_format
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with backend.autocast():
+            out = net(x.contiguous(memory_format=memory_format), t, y=y, **kwargs)
+        return out.float()
+
+    return model_fn
+
+
 def sample_batch(
     model: Loaded,
     x_T: torch.Tensor,
@@ -138,17 +173,8 @@ def sample_batch(
     """Run one sampler over a batch; returns x_0 in [-1, 1] (float32, on the CPU)."""
     assert model.diffusion is not None and isinstance(model.config, UNetConfig)
     device = backend.device
-    net = model.model
     y = labels.to(device) if labels is not None else None
-    kwargs = {k: v.to(device) for k, v in (model_kwargs or {}).items()}
-    class_cond = model.config.num_classes is not None
-    memory_format = torch.channels_last if backend.channels_last else torch.contiguous_format
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with backend.autocast():
-            out = net(x.contiguous(memory_format=memory_format), t, y=y if class_cond else None, **kwargs)
-        return out.float()
-
+    model_fn = network_fn(model, backend, labels=labels, model_kwargs=model_kwargs)
     cond_fn = None
     if classifier is not None and options.guidance_scale != 0:
         assert y is not None
@@ -222,16 +248,55 @@ def run_sampling(
         f"{backend.device} in {backend.precision}; {options.sampler} {options.respacing or 'all steps'}"
         + (f", guidance {options.guidance_scale}" if classifier is not None else "")
     )
+
+    def open_writer() -> SampleWriter:
+        return _open_writer(model, classifier, options, backend, out, overwrite=overwrite, command=command,
+                            has_labels=num_classes is not None)
+
+    def produce(chunk: range, mine: range, progress: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray | None]:
+        images, labels = _sample_range(
+            model, mine, shape=shape, num_classes=num_classes, schedule=schedule,
+            options=options, backend=backend, classifier=classifier, progress=progress,
+        )
+        return images, labels if num_classes is not None else None
+
+    return stream_samples(
+        out, total=options.num, batch_size=options.batch_size, open_writer=open_writer, produce=produce,
+        reporter=reporter, dist=dist, grid=grid, summary=summary,
+    )
+
+
+Produce = Callable[[range, range, Callable[[int, int], None]], tuple[np.ndarray, "np.ndarray | None"]]
+
+
+def stream_samples(
+    out: str | Path,
+    *,
+    total: int,
+    batch_size: int,
+    open_writer: Callable[[], SampleWriter],
+    produce: Produce,
+    reporter: Reporter = SILENT,
+    dist: Dist = Dist(),
+    grid: str | Path | None = None,
+    summary: str = "",
+) -> Path:
+    """Generate images 0..total-1 into a sample file in chunks, resuming where a killed run stopped.
+
+    Chunks hold `batch_size` images per process. `produce(chunk, mine, progress)` makes the
+    images of `mine` (this process's contiguous share of `chunk`) as uint8 NHWC with their labels
+    (or None); rank 0 gathers each chunk and writes it before the next one starts.
+    """
     writer: SampleWriter | None = None
     done = torch.full((), -1, dtype=torch.int64)  # -1 tells the other ranks that rank 0 failed
     try:
         if dist.is_main:
-            writer = _open_writer(model, classifier, options, backend, out, overwrite=overwrite, command=command,
-                                  has_labels=num_classes is not None)
+            writer = open_writer()
             done.fill_(writer.done)
-            reporter.info(summary)  # only once the output is known to be usable
+            if summary:
+                reporter.info(summary)  # only once the output is known to be usable
             if writer.done:
-                reporter.info(f"resuming {out}: {writer.done}/{options.num} samples already written")
+                reporter.info(f"resuming {out}: {writer.done}/{total} samples already written")
     finally:
         _broadcast(done, dist)
     if int(done) < 0:
@@ -239,25 +304,25 @@ def run_sampling(
     start = int(done)
 
     try:
-        step = options.batch_size * dist.world_size
-        with reporter.progress("sampling", options.num, completed=start) as tick:
-            for chunk_start in range(start, options.num, step):
-                chunk_end = min(chunk_start + step, options.num)
+        step = batch_size * dist.world_size
+        with reporter.progress("sampling", total, completed=start) as tick:
+            for chunk_start in range(start, total, step):
+                chunk_end = min(chunk_start + step, total)
                 per = -(-(chunk_end - chunk_start) // dist.world_size)
                 lo = min(chunk_start + dist.rank * per, chunk_end)
                 hi = min(lo + per, chunk_end)
                 n_chunk = chunk_end - chunk_start
 
-                def step_done(i: int, total: int, n_chunk: int = n_chunk) -> None:
-                    tick(n_chunk / total)  # the bar moves with every denoising step, in images
+                def step_done(i: int, steps: int, n_chunk: int = n_chunk) -> None:
+                    tick(n_chunk / steps)  # the bar moves with every denoising step, in images
 
-                images, labels = _sample_range(
-                    model, range(lo, hi), shape=shape, num_classes=num_classes, schedule=schedule,
-                    options=options, backend=backend, classifier=classifier, progress=step_done,
-                )
+                images, labels = produce(range(chunk_start, chunk_end), range(lo, hi), step_done)
+                has_labels = labels is not None
+                if labels is None:
+                    labels = np.full(len(images), -1, np.int64)
                 images, labels = _gather(images, labels, dist)
                 if writer is not None:
-                    writer.write(images, labels if num_classes is not None else None, start=chunk_start)
+                    writer.write(images, labels if has_labels else None, start=chunk_start)
                 tick.to(chunk_end)
         if writer is not None:
             final = writer.finalize()

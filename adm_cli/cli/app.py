@@ -9,9 +9,12 @@ from adm_cli.cli.demo import EXAMPLE as DEMO_EXAMPLE
 from adm_cli.cli.demo import demo
 from adm_cli.cli.evaluate import EVALUATE_EXAMPLE, REF_BATCH_EXAMPLE, evaluate, ref_batch
 from adm_cli.cli.info import info
-from adm_cli.cli.pending import pending
+from adm_cli.cli.interpolate import EXAMPLE as INTERPOLATE_EXAMPLE
+from adm_cli.cli.interpolate import interpolate
 from adm_cli.cli.sample import EXAMPLE, sample
 from adm_cli.cli.train import CLASSIFIER_EXAMPLE, DIFFUSION_EXAMPLE, train_classifier, train_diffusion
+from adm_cli.cli.upsample import EXAMPLE as UPSAMPLE_EXAMPLE
+from adm_cli.cli.upsample import upsample
 
 app = typer.Typer(
     name="adm",
@@ -43,5 +46,5 @@ app.command("train-diffusion", epilog=DIFFUSION_EXAMPLE)(train_diffusion)
 app.command("train-classifier", epilog=CLASSIFIER_EXAMPLE)(train_classifier)
 app.command("evaluate", epilog=EVALUATE_EXAMPLE)(evaluate)
 app.command("ref-batch", epilog=REF_BATCH_EXAMPLE)(ref_batch)
-for name in ("upsample", "interpolate"):
-    app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(pending(name))
+app.command("upsample", epilog=UPSAMPLE_EXAMPLE)(upsample)
+app.command("interpolate", epilog=INTERPOLATE_EXAMPLE)(interpolate)

@@ -45,6 +45,16 @@ Seed = Annotated[int, typer.Option("--seed", help="image i uses seed + i (indepe
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="images per forward pass (does not change the images)")]
 Weights = Annotated[WeightsChoice, typer.Option("--weights", help="adm checkpoints: EMA or raw weights")]
 
+# Sampling: the step options (one of --ddim / --steps / --respacing), shared by sample and upsample.
+Ddim = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with K steps (guided-diffusion's ddimK spacing)")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="K evenly respaced steps")]
+Respacing = Annotated[Optional[str], typer.Option("--respacing", help="guided-diffusion spec: 250, ddim25 or section counts 90,60,60,20,20")]
+Sampler = Annotated[Optional[str], typer.Option("--sampler", help="ddpm or ddim (with --steps/--respacing)")]
+Eta = Annotated[float, typer.Option("--eta", help="DDIM η (0: deterministic, 1: DDPM-like noise)")]
+SampleOut = Annotated[Path, typer.Option("--out", "-o", help="output .npz (arr_0 uint8 NHWC, arr_1 labels) or .h5")]
+Grid = Annotated[Optional[Path], typer.Option("--grid", help="also write a PNG grid of the first 64 images")]
+NoClip = Annotated[bool, typer.Option("--no-clip", help="do not clip x̂₀ to [-1, 1]")]
+
 # What the shapes of a bare guided-diffusion state dict cannot tell (normally from the built-in table).
 ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="[OpenAI files] output side in pixels", rich_help_panel="Overrides for bare state dicts")]
 NumHeads = Annotated[Optional[int], typer.Option("--num-heads", help="[OpenAI files] attention heads", rich_help_panel="Overrides for bare state dicts")]

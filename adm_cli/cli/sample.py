@@ -11,8 +11,7 @@ from adm_cli.backend import distributed, distributed_device, make_backend, torch
 from adm_cli.checkpoint import load_model
 from adm_cli.cli import options as o
 from adm_cli.cli.errors import UserError, check_writable, user_errors
-from adm_cli.diffusion import space_timesteps
-from adm_cli.generate import SampleOptions, run_sampling
+from adm_cli.generate import SampleOptions, ddim_spacing, run_sampling
 from adm_cli.reporting import Reporter, stdout_line
 
 EXAMPLE = """
@@ -31,6 +30,8 @@ A killed run continues when the same command is run again.
 
 def respacing_from(ddim: int | None, steps: int | None, respacing: str | None, sampler: str | None) -> tuple[str, str | None]:
     """(sampler, respacing spec) from the mutually exclusive step options."""
+    if sampler not in (None, "ddpm", "ddim"):
+        raise UserError(f"--sampler must be ddpm or ddim, got {sampler!r}")
     given = [name for name, v in (("--ddim", ddim), ("--steps", steps), ("--respacing", respacing)) if v is not None]
     if len(given) > 1:
         raise UserError(f"use one of --ddim, --steps, --respacing (got {' and '.join(given)})")
@@ -47,34 +48,35 @@ def respacing_from(ddim: int | None, steps: int | None, respacing: str | None, s
     return sampler or "ddpm", respacing
 
 
-def ddim_spacing(k: int, steps: int) -> str:
-    """`ddimK` (a constant stride from t = 0, as guided-diffusion's DDIM runs use) when some
-    stride gives exactly K steps, else K evenly spaced steps."""
-    try:
-        space_timesteps(steps, f"ddim{k}")
-        return f"ddim{k}"
-    except ValueError:
-        return str(k)
+def check_outputs(out: Path, grid: Path | None) -> None:
+    """A sample file (and grid) that can be written, checked before any model is loaded."""
+    if out.suffix.lower() not in (".npz", ".h5", ".hdf5"):
+        raise UserError(f"--out must end in .npz or .h5, got {out.name}")
+    if grid is not None and grid.suffix.lower() != ".png":
+        raise UserError(f"--grid must be a .png file, got {grid.name}")
+    check_writable(out)
+    if grid is not None:
+        check_writable(grid)
 
 
 @user_errors
 def sample(
     ctx: typer.Context,
     checkpoint: o.Checkpoint,
-    out: Annotated[Path, typer.Option("--out", "-o", help="output .npz (arr_0 uint8 NHWC, arr_1 labels) or .h5")],
+    out: o.SampleOut,
     num: Annotated[int, typer.Option("--num", "-n", help="number of images")] = 16,
     batch_size: o.BatchSize = 16,
-    ddim: Annotated[Optional[int], typer.Option("--ddim", help="DDIM with K steps (guided-diffusion's ddimK spacing)")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="K evenly respaced steps")] = None,
-    respacing: Annotated[Optional[str], typer.Option("--respacing", help="guided-diffusion spec: 250, ddim25 or section counts 90,60,60,20,20")] = None,
-    sampler: Annotated[Optional[str], typer.Option("--sampler", help="ddpm or ddim (with --steps/--respacing)")] = None,
-    eta: Annotated[float, typer.Option("--eta", help="DDIM η (0: deterministic, 1: DDPM-like noise)")] = 0.0,
+    ddim: o.Ddim = None,
+    steps: o.Steps = None,
+    respacing: o.Respacing = None,
+    sampler: o.Sampler = None,
+    eta: o.Eta = 0.0,
     classifier: Annotated[Optional[Path], typer.Option("--classifier", help="noise-aware classifier checkpoint for guidance")] = None,
     guidance: Annotated[float, typer.Option("--guidance", "-s", help="classifier guidance scale s")] = 1.0,
     class_label: Annotated[Optional[int], typer.Option("--class", help="class of every image (default: random per image)")] = None,
     seed: o.Seed = 0,
-    grid: Annotated[Optional[Path], typer.Option("--grid", help="also write a PNG grid of the first 64 images")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="do not clip x̂₀ to [-1, 1]")] = False,
+    grid: o.Grid = None,
+    no_clip: o.NoClip = False,
     overwrite: o.Overwrite = False,
     weights: o.Weights = o.WeightsChoice.ema,
     device: o.Device = None,
@@ -89,15 +91,7 @@ def sample(
     diffusion_steps: o.DiffusionSteps = None,
 ) -> None:
     """Sample images from a diffusion model (adm or guided-diffusion checkpoint) into a sample file."""
-    if sampler not in (None, "ddpm", "ddim"):
-        raise UserError(f"--sampler must be ddpm or ddim, got {sampler!r}")
-    if out.suffix.lower() not in (".npz", ".h5", ".hdf5"):
-        raise UserError(f"--out must end in .npz or .h5, got {out.name}")
-    if grid is not None and grid.suffix.lower() != ".png":
-        raise UserError(f"--grid must be a .png file, got {grid.name}")
-    check_writable(out)
-    if grid is not None:
-        check_writable(grid)
+    check_outputs(out, grid)
     chosen_sampler, spec = respacing_from(ddim, steps, respacing, sampler)
     reporter = Reporter(quiet=quiet or not torchrun_env().is_main)  # one progress bar under torchrun
     backend = make_backend(device, precision.value, compile=compile)

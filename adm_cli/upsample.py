@@ -1,0 +1,179 @@
+"""Super-resolution sampling from a base batch (ADM Sec. 5; guided-diffusion `super_res_sample.py`).
+
+Base image i (uint8, scaled to [-1, 1] as `x / 127.5 - 1`) conditions the super-resolution
+UNet, which upsamples it bilinearly and concatenates it to x_t; its label goes to a
+class-conditional model. Image i's x_T and per-step noise come from a generator seeded
+`seed + i`, as in `adm sample`, so the output does not depend on the batch size or on where a
+killed run stopped. The base batch is streamed: memory holds one chunk of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from adm_cli import __version__
+from adm_cli.backend import Backend, Dist
+from adm_cli.checkpoint import Loaded, file_digest
+from adm_cli.config import UNetConfig
+from adm_cli.data.images import to_uint8
+from adm_cli.data.samples import SampleWriter, iter_sample_batches, open_sample_writer, sample_info
+from adm_cli.diffusion import make_schedule
+from adm_cli.generate import GenerateError, SampleOptions, fingerprint, initial_state, sample_batch, stream_samples
+from adm_cli.reporting import SILENT, Reporter
+
+__all__ = ["BaseBatch", "check_base", "low_res_input", "run_upsampling"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseBatch:
+    """What `check_base` found in a base batch: its path, how many images to upsample, and
+    whether labels come from the file (else from --class, or none)."""
+
+    path: Path
+    num: int
+    has_labels: bool
+    digest: str
+
+
+def check_base(model: Loaded, base: str | Path, options: SampleOptions, *, num: int | None = None) -> BaseBatch:
+    """Refuse a base batch that does not fit the model, with one line; reads headers and labels only."""
+    unet = model.config
+    if model.kind != "super-res" or not isinstance(unet, UNetConfig) or unet.low_res_size is None:
+        raise GenerateError(f"{model.path}: is a {model.kind} checkpoint; adm upsample needs a super-resolution model (sample it with adm sample)")
+    path = Path(base)
+    n, (h, w, c), has_labels = sample_info(path)
+    small = unet.low_res_size
+    if (h, w) != (small, small):
+        hint = " (a bare state dict of unpublished structure: give its input size with --low-res-size)" if (
+            model.source == "openai" and model.preset is None) else ""
+        raise GenerateError(
+            f"{path}: base images are {h}x{w}, the model upsamples {small}x{small} to {unet.image_size}x{unet.image_size}{hint}"
+        )
+    if c != unet.in_channels:
+        raise GenerateError(f"{path}: base images have {c} channels, the model takes {unet.in_channels}")
+    if n == 0:
+        raise GenerateError(f"{path}: the base batch is empty")
+    if num is not None and not 0 < num <= n:
+        raise GenerateError(f"--num {num} is out of range: {path} holds {n} images")
+    count = n if num is None else num
+    n_classes = unet.num_classes
+    if options.class_label is not None:
+        if n_classes is None:
+            raise GenerateError("--class needs a class-conditional model; this upsampler is unconditional")
+        if has_labels:
+            raise GenerateError(f"{path}: has labels; --class would override them (drop --class)")
+        if not 0 <= options.class_label < n_classes:
+            raise GenerateError(f"--class {options.class_label} is out of range [0, {n_classes - 1}]")
+    elif n_classes is not None:
+        if not has_labels:
+            raise GenerateError(f"{path}: has no labels (arr_1) and the upsampler is class-conditional; pass --class C")
+        lo, hi = _label_range(path, count)
+        if lo < 0 or hi >= n_classes:
+            raise GenerateError(f"{path}: labels span [{lo}, {hi}], the upsampler has {n_classes} classes [0, {n_classes - 1}]")
+    if options.guidance_scale != 0:
+        raise GenerateError("adm upsample does not take classifier guidance")
+    try:
+        make_schedule(model.diffusion, options.respacing)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise GenerateError(f"--respacing {options.respacing!r}: {e}") from None
+    return BaseBatch(path, count, has_labels or options.class_label is not None, file_digest(path))
+
+
+def _label_range(path: Path, count: int, chunk: int = 65536) -> tuple[int, int]:
+    lo, hi, seen = None, None, 0
+    for _, labels in iter_sample_batches(path, chunk):
+        labels = labels[: count - seen]  # type: ignore[index]
+        seen += len(labels)
+        if len(labels):
+            lo = int(labels.min()) if lo is None else min(lo, int(labels.min()))
+            hi = int(labels.max()) if hi is None else max(hi, int(labels.max()))
+        if seen >= count:
+            break
+    return int(lo), int(hi)  # type: ignore[arg-type]
+
+
+def low_res_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC base images -> float32 NCHW in [-1, 1] (`x / 127.5 - 1`, super_res_sample.py)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def run_upsampling(
+    model: Loaded,
+    base: BaseBatch,
+    out: str | Path,
+    options: SampleOptions,
+    *,
+    backend: Backend,
+    reporter: Reporter = SILENT,
+    dist: Dist = Dist(),
+    overwrite: bool = False,
+    grid: str | Path | None = None,
+    command: str = "",
+) -> Path:
+    """Upsample the first `base.num` images of `base` into `out` (.npz or .h5), resuming a killed run.
+
+    `options.num` must equal `base.num`; labels are carried from the base batch (or
+    `options.class_label` for every image) to the model and to the output.
+    """
+    unet = model.config
+    assert isinstance(unet, UNetConfig) and model.diffusion is not None
+    if options.num != base.num:
+        raise GenerateError(f"options.num {options.num} differs from the base batch's {base.num}")
+    schedule = make_schedule(model.diffusion, options.respacing).to(backend.device)
+    shape = (unet.in_channels, unet.image_size, unet.image_size)
+    model.model = backend.prepare(model.model)
+    summary = (
+        f"super-res model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters), "
+        f"{unet.low_res_size}->{unet.image_size} on {backend.device} in {backend.precision}; "
+        f"{options.sampler} {options.respacing or 'all steps'}; {base.num} images from {base.path}"
+    )
+
+    def open_writer() -> SampleWriter:
+        meta = {
+            "fingerprint": fingerprint(model, None, options, backend, extra={"base": base.digest}),
+            "command": command,
+            "base": {"path": str(base.path), "sha256": base.digest},
+            "config": {"unet": unet.to_dict(), "diffusion": model.diffusion.to_dict()},  # type: ignore[union-attr]
+            "options": dataclasses.asdict(options),
+            "seeds": f"{options.seed}..{options.seed + options.num - 1} (image i: seed + i)",
+            "adm_version": __version__,
+        }
+        return open_sample_writer(
+            out, total=base.num, image_shape=(unet.image_size, unet.image_size, unet.in_channels),
+            meta=meta, overwrite=overwrite, has_labels=base.has_labels,
+        )
+
+    reader: Iterator[tuple[np.ndarray, np.ndarray | None]] | None = None
+
+    def produce(chunk: range, mine: range, progress: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray | None]:
+        nonlocal reader
+        if reader is None:  # chunks are consecutive from the first one not yet written
+            reader = iter_sample_batches(base.path, len(chunk), start=chunk.start)
+        images, labels = next(reader)
+        images = images[: len(chunk)]
+        if options.class_label is not None:
+            labels = np.full(len(images), options.class_label, np.int64)
+        elif labels is not None:
+            labels = np.asarray(labels[: len(chunk)], np.int64)
+        part = slice(mine.start - chunk.start, mine.stop - chunk.start)
+        low, y = images[part], None if labels is None else labels[part]
+        if len(mine) == 0:
+            progress(1, 1)
+            return np.zeros((0, shape[1], shape[2], shape[0]), np.uint8), y
+        x_T, _, gens = initial_state(mine, shape=shape, num_classes=None, class_label=None, seed=options.seed)
+        x0 = sample_batch(
+            model, x_T, schedule=schedule, options=options, backend=backend, generators=gens,
+            labels=torch.from_numpy(y) if (y is not None and unet.num_classes is not None) else None,
+            model_kwargs={"low_res": low_res_input(low)}, progress=progress,
+        )
+        return to_uint8(x0), y
+
+    return stream_samples(
+        out, total=base.num, batch_size=options.batch_size, open_writer=open_writer, produce=produce,
+        reporter=reporter, dist=dist, grid=grid, summary=summary,
+    )
