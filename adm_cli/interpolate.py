@@ -32,11 +32,11 @@ from PIL import Image
 from adm_cli import __version__
 from adm_cli.backend import Backend, image_generators
 from adm_cli.checkpoint import Loaded
-from adm_cli.config import ClassifierConfig, UNetConfig
+from adm_cli.config import UNetConfig
 from adm_cli.data.images import center_crop_arr, save_grid, to_uint8
 from adm_cli.data.samples import IMAGE_EXTENSIONS, iter_sample_batches, sample_info
 from adm_cli.diffusion import Schedule, ddim_invert, make_schedule, q_sample, respace, space_timesteps
-from adm_cli.generate import GenerateError, SampleOptions, ddim_spacing, network_fn, sample_batch
+from adm_cli.generate import GenerateError, SampleOptions, check_compatible, ddim_spacing, network_fn, sample_batch
 from adm_cli.reporting import SILENT, Reporter
 
 __all__ = [
@@ -148,7 +148,7 @@ class InterpolateOptions:
     t: int = 500  # noise mode: the original-process step the images are diffused to
     class_label: int | None = None  # class-conditional models: None = predicted by the classifier
     seed: int = 0  # noise mode: the fixed noise
-    clip_denoised: bool = False
+    clip_denoised: bool = True  # as adm sample; better reconstructions than the bare ODE (README)
     batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -182,24 +182,11 @@ def check_interpolation(model: Loaded, classifier: Loaded | None, options: Inter
     unet = model.config
     if model.kind != "diffusion" or not isinstance(unet, UNetConfig) or model.diffusion is None:
         raise GenerateError(f"{model.path}: is a {model.kind} checkpoint; adm interpolate needs a diffusion model")
-    n_classes = unet.num_classes
-    if options.class_label is not None:
-        if n_classes is None:
-            raise GenerateError("--class needs a class-conditional model; this one is unconditional")
-        if not 0 <= options.class_label < n_classes:
-            raise GenerateError(f"--class {options.class_label} is out of range [0, {n_classes - 1}]")
-    elif n_classes is not None and classifier is None:
+    if options.class_label is not None and unet.num_classes is None:
+        raise GenerateError("--class needs a class-conditional model; this one is unconditional")
+    if options.class_label is None and unet.num_classes is not None and classifier is None:
         raise GenerateError("the model is class-conditional: pass --class C, or --classifier CKPT to predict it")
-    if classifier is not None:
-        clf = classifier.config
-        assert isinstance(clf, ClassifierConfig)
-        if clf.image_size != unet.image_size or clf.in_channels != unet.in_channels:
-            raise GenerateError(
-                f"classifier takes {clf.image_size}x{clf.image_size}x{clf.in_channels} images, "
-                f"the model {unet.image_size}x{unet.image_size}x{unet.in_channels}"
-            )
-        if n_classes is not None and clf.num_classes != n_classes:
-            raise GenerateError(f"classifier has {clf.num_classes} classes, the model {n_classes}")
+    check_compatible(model, classifier, SampleOptions(num=1, class_label=options.class_label))  # classifier fit, --class range
     T = model.diffusion.steps
     if options.steps > T:
         raise GenerateError(f"--steps {options.steps} exceeds the model's {T} diffusion steps")

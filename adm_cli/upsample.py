@@ -21,9 +21,17 @@ from adm_cli.backend import Backend, Dist
 from adm_cli.checkpoint import Loaded, file_digest
 from adm_cli.config import UNetConfig
 from adm_cli.data.images import to_uint8
-from adm_cli.data.samples import SampleWriter, iter_sample_batches, open_sample_writer, sample_info
+from adm_cli.data.samples import SampleWriter, iter_sample_batches, open_sample_writer, read_labels, sample_info
 from adm_cli.diffusion import make_schedule
-from adm_cli.generate import GenerateError, SampleOptions, fingerprint, initial_state, sample_batch, stream_samples
+from adm_cli.generate import (
+    GenerateError,
+    SampleOptions,
+    check_compatible,
+    fingerprint,
+    initial_state,
+    sample_batch,
+    stream_samples,
+)
 from adm_cli.reporting import SILENT, Reporter
 
 __all__ = ["BaseBatch", "check_base", "low_res_input", "run_upsampling"]
@@ -62,39 +70,19 @@ def check_base(model: Loaded, base: str | Path, options: SampleOptions, *, num: 
         raise GenerateError(f"--num {num} is out of range: {path} holds {n} images")
     count = n if num is None else num
     n_classes = unet.num_classes
-    if options.class_label is not None:
-        if n_classes is None:
-            raise GenerateError("--class needs a class-conditional model; this upsampler is unconditional")
-        if has_labels:
-            raise GenerateError(f"{path}: has labels; --class would override them (drop --class)")
-        if not 0 <= options.class_label < n_classes:
-            raise GenerateError(f"--class {options.class_label} is out of range [0, {n_classes - 1}]")
-    elif n_classes is not None:
-        if not has_labels:
-            raise GenerateError(f"{path}: has no labels (arr_1) and the upsampler is class-conditional; pass --class C")
-        lo, hi = _label_range(path, count)
-        if lo < 0 or hi >= n_classes:
-            raise GenerateError(f"{path}: labels span [{lo}, {hi}], the upsampler has {n_classes} classes [0, {n_classes - 1}]")
+    if options.class_label is not None and has_labels:
+        raise GenerateError(f"{path}: has labels; --class would override them (drop --class)")
     if options.guidance_scale != 0:
         raise GenerateError("adm upsample does not take classifier guidance")
-    try:
-        make_schedule(model.diffusion, options.respacing)  # type: ignore[arg-type]
-    except ValueError as e:
-        raise GenerateError(f"--respacing {options.respacing!r}: {e}") from None
+    check_compatible(model, None, options)  # --class range, respacing
+    if n_classes is not None and options.class_label is None:
+        labels = read_labels(path)
+        if labels is None:
+            raise GenerateError(f"{path}: has no labels (arr_1) and the upsampler is class-conditional; pass --class C")
+        lo, hi = int(labels[:count].min()), int(labels[:count].max())
+        if lo < 0 or hi >= n_classes:
+            raise GenerateError(f"{path}: labels span [{lo}, {hi}], the upsampler has {n_classes} classes [0, {n_classes - 1}]")
     return BaseBatch(path, count, has_labels or options.class_label is not None, file_digest(path))
-
-
-def _label_range(path: Path, count: int, chunk: int = 65536) -> tuple[int, int]:
-    lo, hi, seen = None, None, 0
-    for _, labels in iter_sample_batches(path, chunk):
-        labels = labels[: count - seen]  # type: ignore[index]
-        seen += len(labels)
-        if len(labels):
-            lo = int(labels.min()) if lo is None else min(lo, int(labels.min()))
-            hi = int(labels.max()) if hi is None else max(hi, int(labels.max()))
-        if seen >= count:
-            break
-    return int(lo), int(hi)  # type: ignore[arg-type]
 
 
 def low_res_input(images: np.ndarray) -> torch.Tensor:

@@ -86,6 +86,18 @@ CONFIGS = {
         schedule="cosine",
         overrides={},  # matches the table of published models
     ),
+    # The published 64->256 upsampler (guided-diffusion README flags); `adm upsample`'s network.
+    "upsample64-256": dict(
+        unet=dict(
+            image_size=256, in_channels=3, model_channels=192, out_channels=6, num_res_blocks=2,
+            attention_resolutions=(8, 16, 32), dropout=0.0, channel_mult=(1, 1, 2, 2, 4, 4), num_classes=1000,
+            num_heads=4, num_head_channels=-1, use_scale_shift_norm=True, resblock_updown=True,
+            use_new_attention_order=False,
+        ),
+        low_res_size=64,
+        schedule="linear",
+        overrides={},
+    ),
 }
 
 DEFAULT_MODES = "ref,fp32,fp32-cl,bf16,bf16-cl"  # add e.g. bf16-compile (slow to compile on a CPU)
@@ -114,9 +126,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def import_reference(path: str):
     sys.path.insert(0, str(Path(path).resolve()))
     from guided_diffusion.script_util import create_gaussian_diffusion
-    from guided_diffusion.unet import EncoderUNetModel, UNetModel
+    from guided_diffusion.unet import EncoderUNetModel, SuperResModel, UNetModel
 
-    return create_gaussian_diffusion, UNetModel, EncoderUNetModel
+    return create_gaussian_diffusion, UNetModel, EncoderUNetModel, SuperResModel
 
 
 def deterministic(module: torch.nn.Module) -> torch.nn.Module:
@@ -152,14 +164,16 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = CONFIGS[args.config]
-    create_gaussian_diffusion, UNetModel, EncoderUNetModel = import_reference(args.reference)
+    create_gaussian_diffusion, UNetModel, EncoderUNetModel, SuperResModel = import_reference(args.reference)
+    low_size = cfg.get("low_res_size")  # a super-resolution configuration: conditioned on low_res
     sampler = "ddim" if args.respacing.startswith("ddim") else "ddpm"
     guided = args.guidance != 0
     B, size = args.batch, cfg["unet"]["image_size"]
 
     # ---- the network, built by the reference, saved as a bare state dict
     tmp = tempfile.TemporaryDirectory(prefix="adm-bench-")
-    ref_model = deterministic(UNetModel(**cfg["unet"], use_fp16=args.ref_fp16)).to(device)
+    net_class = SuperResModel if low_size else UNetModel
+    ref_model = deterministic(net_class(**cfg["unet"], use_fp16=args.ref_fp16)).to(device)
     model_path = Path(tmp.name) / "model.pt"
     torch.save(ref_model.state_dict(), model_path)
     if args.ref_fp16:
@@ -179,6 +193,11 @@ def main(argv=None) -> dict:
     # ---- the batch: adm's per-image seeding gives x_T and labels; the reference gets the same
     num_classes = cfg["unet"]["num_classes"]
     x_T, labels, _ = initial_state(range(B), shape=(3, size, size), num_classes=num_classes, class_label=None, seed=args.seed)
+    low_res = None
+    if low_size:  # base images as adm upsample feeds them: uint8 -> x / 127.5 - 1
+        g = torch.Generator().manual_seed(args.seed)
+        low_res = torch.randint(0, 256, (B, 3, low_size, low_size), generator=g).float() / 127.5 - 1
+    extra = {"low_res": low_res} if low_res is not None else {}
     options = SampleOptions(
         num=B, sampler=sampler, respacing=args.respacing, eta=0.0, guidance_scale=args.guidance,
         seed=args.seed, batch_size=B,
@@ -189,8 +208,8 @@ def main(argv=None) -> dict:
         torch.manual_seed(args.seed)
         y = labels.to(device)
 
-        def model_fn(x, t, y=None):
-            return ref_model(x, t, y)
+        def model_fn(x, t, y=None, **kwargs):
+            return ref_model(x, t, y=y, **kwargs)
 
         cond_fn = None
         if guided:
@@ -206,18 +225,19 @@ def main(argv=None) -> dict:
         loop = diffusion.ddim_sample_loop if sampler == "ddim" else diffusion.p_sample_loop
         out = loop(
             model_fn, (B, 3, size, size), noise=x_T.to(device), clip_denoised=True,
-            model_kwargs={"y": y}, cond_fn=cond_fn, device=device,
+            model_kwargs={"y": y, **{k: v.to(device) for k, v in extra.items()}}, cond_fn=cond_fn, device=device,
         )
         return out.float().cpu()
 
     def adm_runner(name: str):
         flags = set(name.split("-"))
-        unknown = flags - {"fp32", "bf16", "fp16", "cl", "compile"}
+        unknown = flags - {"fp32", "bf16", "fp16", "cl", "nocl", "w", "compile"}
         if unknown:
-            raise SystemExit(f"unknown mode {name!r} (flags: fp32|bf16|fp16, cl, compile)")
+            raise SystemExit(f"unknown mode {name!r} (flags: fp32|bf16|fp16, cl|nocl, w, compile)")
         precision = "bf16" if "bf16" in flags else "fp16" if "fp16" in flags else "fp32"
-        backend = make_backend(args.device, precision, channels_last="cl" in flags, compile="compile" in flags)
-        model = load_model(model_path, overrides=cfg["overrides"], expect="diffusion")
+        backend = make_backend(args.device, precision, channels_last="cl" in flags, compile="compile" in flags,
+                               cast_weights="w" in flags)
+        model = load_model(model_path, overrides=cfg["overrides"], expect="super-res" if low_size else "diffusion")
         schedule = make_schedule(model.diffusion, args.respacing).to(backend.device)
         model.model = backend.prepare(model.model)
         clf = None
@@ -230,7 +250,7 @@ def main(argv=None) -> dict:
             gens = image_generators([args.seed + i for i in range(B)])
             return sample_batch(
                 model, x_T, schedule=schedule, options=options, backend=backend, generators=gens,
-                labels=labels, classifier=clf,
+                labels=labels, classifier=clf, model_kwargs=extra or None,
             )
 
         return run

@@ -182,3 +182,20 @@ def test_torchrun_two_processes_write_the_single_process_file(models, tmp_path):
     a, b = read(single), read(multi)
     assert np.array_equal(a[1], b[1])
     assert np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1
+
+
+def test_bf16_weights_cast_once_give_autocasts_samples(models):
+    """Conv/linear weights stored in bf16 (the default for bf16 sampling) multiply exactly as
+    autocast's per-call casts do; norms and embeddings stay float32. With guidance too."""
+    from adm_cli.backend import make_backend
+
+    kw = dict(sampler="ddim", respacing="ddim5", labels=torch.tensor([0, 1, 2]), seed=0, guidance_scale=1.0)
+    out = {}
+    for cast in (False, True):
+        backend = make_backend("cpu", "bf16", cast_weights=cast)
+        model, clf = load_model(models["unet"]), load_model(models["classifier"])
+        out[cast], _ = sample_images(model, 3, backend=backend, classifier=clf, **kw)
+        dtypes = {name: p.dtype for name, p in model.model.named_parameters()}
+        assert (dtypes["input_blocks.0.0.weight"] == torch.bfloat16) is cast
+        assert dtypes["out.0.weight"] == torch.float32  # GroupNorm
+    torch.testing.assert_close(out[True], out[False], rtol=0, atol=1e-6)

@@ -146,9 +146,9 @@ def test_end_frames_are_the_reconstructions(models):
     fn = network_fn(model, CPU, labels=torch.tensor([2]))
     for i, end in ((0, 0), (1, -1)):
         x0 = torch.from_numpy(images[i : i + 1]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        x_T = ddim_invert(fn, x0, schedule=sch, config=config, clip_denoised=False)
+        x_T = ddim_invert(fn, x0, schedule=sch, config=config, clip_denoised=True)
         torch.testing.assert_close(torch.from_numpy(result.latents[end]), x_T[0], rtol=1e-4, atol=1e-4)
-        recon = sample_ddim(fn, x_T, schedule=sch, config=config, clip_denoised=False)
+        recon = sample_ddim(fn, x_T, schedule=sch, config=config, clip_denoised=True)
         u8 = ((recon + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()[0]
         assert np.abs(u8.astype(int) - result.frames[end].astype(int)).max() <= 1
     assert result.psnr == (psnr(images[0], result.frames[0]), psnr(images[1], result.frames[-1]))

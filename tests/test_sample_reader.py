@@ -100,3 +100,19 @@ def test_streaming_detects_truncated_member(tmp_path):
         read_samples(p)
     with pytest.raises(SampleFileError, match="truncated"):
         list(iter_sample_batches(p, 4))
+
+
+def test_read_labels_reads_no_images(tmp_path, monkeypatch):
+    import h5py
+
+    import adm_cli.data.sample_reader as reader
+
+    images, labels = make_data()
+    np.savez(tmp_path / "a.npz", arr_0=images, arr_1=labels)
+    np.savez(tmp_path / "b.npz", arr_0=images)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f["images"], f["labels"] = images, labels
+    monkeypatch.setattr(reader, "_read_exact", lambda *a: pytest.fail("images were read"))
+    assert np.array_equal(reader.read_labels(tmp_path / "a.npz"), labels)
+    assert reader.read_labels(tmp_path / "b.npz") is None
+    assert np.array_equal(reader.read_labels(tmp_path / "c.h5"), labels)

@@ -262,6 +262,21 @@ def sample_info(path: str | os.PathLike) -> tuple[int, tuple[int, int, int], boo
         return shape[0], tuple(shape[1:]), _npz_member(zf, "arr_1") is not None  # type: ignore[return-value]
 
 
+def read_labels(path: str | os.PathLike) -> np.ndarray | None:
+    """The labels of a sample file (int64 (N,)) or None, without reading any image."""
+    path = Path(path)
+    kind = _source_kind(path)
+    if kind in ("folder", "npy"):
+        return None
+    if kind == "h5":
+        f, _, labels = _open_h5(path)
+        with f:
+            return None if labels is None else _h5_read(path, "labels", lambda: labels[...]).astype(np.int64, copy=False)
+    with _open_zip(path) as zf:
+        _, shape, _, _ = _open_npz_images(zf, path)
+        return _npz_labels(zf, path, shape[0])
+
+
 def iter_sample_batches(
     path: str | os.PathLike, batch_size: int, *, start: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:

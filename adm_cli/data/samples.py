@@ -13,7 +13,7 @@ works:
 from __future__ import annotations
 
 from .sample_format import IMAGE_EXTENSIONS, SampleFileError
-from .sample_reader import iter_sample_batches, read_samples, sample_info
+from .sample_reader import iter_sample_batches, read_labels, read_samples, sample_info
 from .sample_writer import SampleWriter, open_sample_writer
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "SampleWriter",
     "open_sample_writer",
     "read_samples",
+    "read_labels",
     "iter_sample_batches",
     "sample_info",
     "IMAGE_EXTENSIONS",

@@ -73,7 +73,7 @@ def bilinear_up(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def judge(classifier, images: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         logits = torch.cat([classifier.model(x[i : i + 256], torch.zeros(len(x[i : i + 256]), dtype=torch.long))
                             for i in range(0, len(x), 256)])
@@ -122,11 +122,11 @@ def main() -> None:
         "--steps", 100, "--frames", 9, "--class", 9, "--overwrite", "--quiet", "--device", args.device, "--precision", "fp32", log=log)
     stack_rows([folder / "strip.png"], out / "strip_noise.png")
 
-    # 2. reconstruction PSNR over test pairs (true class given), per step count, clip off (default) and on
+    # 2. reconstruction PSNR over test pairs (true class given), per step count, x̂_0 clipped (default) or not
     model = load_model(args.base)
     backend = make_backend(args.device, "fp32")
     table: dict[str, dict] = {}
-    for clip in (False, True):
+    for clip in (True, False):
         for k in steps:
             scores = []
             t0 = time.time()
@@ -136,7 +136,7 @@ def main() -> None:
                 res = interpolate(model, images[[ia, ib]], InterpolateOptions(steps=k, frames=2, class_label=c, clip_denoised=clip),
                                   backend=backend)
                 scores += list(res.psnr)
-            key = f"{k}{'_clip' if clip else ''}"
+            key = f"{k}{'' if clip else '_noclip'}"
             table[key] = {"mean_db": float(np.mean(scores)), "median_db": float(np.median(scores)),
                           "min_db": float(np.min(scores)), "max_db": float(np.max(scores)), "n": len(scores),
                           "seconds": round(time.time() - t0, 1)}
