@@ -55,3 +55,21 @@ def evaluator_stream(path, name="arr_0"):
 
 
 FORMATS = ["npz", "h5"]
+
+
+def kill_when_ready(cmd: list[str], ready, timeout: float = 120.0) -> None:
+    """Start `cmd`, SIGKILL it as soon as `ready()` holds, and check it was killed, not finished."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"

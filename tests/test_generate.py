@@ -1,7 +1,6 @@
 """Sampling: determinism, batch-size independence, explicit x_T, resume after a kill, guidance."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import torch
 from adm_cli.backend import make_backend
 from adm_cli.checkpoint import load_model
 from adm_cli.generate import GenerateError, SampleOptions, run_sampling, sample_images
+from tests.sample_helpers import kill_when_ready
 
 CPU = make_backend("cpu", "fp32")
 
@@ -144,18 +144,14 @@ def test_killed_process_resumes(models, tmp_path, suffix):
     out = tmp_path / f"s{suffix}"
     cmd = [sys.executable, "-m", "adm_cli", "sample", str(models["unet"]), "--num", "12", "--batch-size", "2",
            "--steps", "10", "--seed", "1", "--out", str(out), "--quiet", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     partial = Path(str(out) + (".partial" if suffix == ".npz" else ".partial.h5"))
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if suffix == ".npz" and partial.is_dir() and len(list(partial.glob("img_*.npy"))) >= 2:
-            break
-        if suffix == ".h5" and partial.exists() and time.time() - partial.stat().st_mtime < 5 and partial.stat().st_size > 4000:
-            break
-        time.sleep(0.05)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+
+    def ready() -> bool:
+        if suffix == ".npz":
+            return partial.is_dir() and len(list(partial.glob("img_*.npy"))) >= 2
+        return partial.exists() and time.time() - partial.stat().st_mtime < 5 and partial.stat().st_size > 4000
+
+    kill_when_ready(cmd, ready)
     subprocess.run(cmd, check=True, capture_output=True)
     clean = tmp_path / f"clean{suffix}"
     subprocess.run([*cmd[: cmd.index("--out")], "--out", str(clean), "--quiet"], check=True, capture_output=True)

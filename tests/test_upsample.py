@@ -7,10 +7,8 @@ import dataclasses
 import gzip
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -28,6 +26,7 @@ from adm_cli.nn import build_unet
 from adm_cli.upsample import check_base, low_res_input, run_upsampling
 from tests.conftest import TINY_UNET, randomized, write_unet
 from tests.golden_weights import deterministic_state_dict
+from tests.sample_helpers import kill_when_ready
 
 runner = CliRunner()
 SR_UNET = dataclasses.replace(TINY_UNET, low_res_size=8)  # 8 -> 16, 4 classes, 3 channels
@@ -165,16 +164,8 @@ def test_killed_process_resumes(sr, tmp_path):
     out = tmp_path / "up.npz"
     cmd = [sys.executable, "-m", "adm_cli", "upsample", str(sr["cond"]), "--base", str(base), "--batch-size", "2",
            "--steps", "10", "--out", str(out), "--quiet", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     partial = Path(str(out) + ".partial")
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if partial.is_dir() and len(list(partial.glob("img_*.npy"))) >= 2:
-            break
-        time.sleep(0.05)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when_ready(cmd, lambda: partial.is_dir() and len(list(partial.glob("img_*.npy"))) >= 2)
     subprocess.run(cmd, check=True, capture_output=True)
     clean = tmp_path / "clean.npz"
     subprocess.run([*cmd[: cmd.index("--out")], "--out", str(clean), "--quiet"], check=True, capture_output=True)
