@@ -10,6 +10,7 @@ killed run stopped. The base batch is streamed: memory holds one chunk of it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,6 +22,7 @@ from adm_cli.backend import Backend, Dist
 from adm_cli.checkpoint import Loaded, file_digest
 from adm_cli.config import UNetConfig
 from adm_cli.data.images import to_uint8
+from adm_cli.data.sample_reader import list_sample_images
 from adm_cli.data.samples import SampleWriter, iter_sample_batches, open_sample_writer, read_labels, sample_info
 from adm_cli.diffusion import make_schedule
 from adm_cli.generate import (
@@ -82,7 +84,17 @@ def check_base(model: Loaded, base: str | Path, options: SampleOptions, *, num: 
         lo, hi = int(labels[:count].min()), int(labels[:count].max())
         if lo < 0 or hi >= n_classes:
             raise GenerateError(f"{path}: labels span [{lo}, {hi}], the upsampler has {n_classes} classes [0, {n_classes - 1}]")
-    return BaseBatch(path, count, has_labels or options.class_label is not None, file_digest(path))
+    return BaseBatch(path, count, has_labels or options.class_label is not None, base_digest(path))
+
+
+def base_digest(path: Path) -> str:
+    """SHA-256 of a base file, or of an image folder's file names and contents (resume fingerprint)."""
+    if not path.is_dir():
+        return file_digest(path)
+    h = hashlib.sha256()
+    for f in list_sample_images(path):
+        h.update(f"{f.name}\0{file_digest(f)}\0".encode())
+    return h.hexdigest()
 
 
 def low_res_input(images: np.ndarray) -> torch.Tensor:

@@ -82,6 +82,19 @@ def test_num_takes_the_first_images_and_h5_output(sr, tmp_path):
     assert np.array_equal(read_samples(out)[0], first[:3])  # image i depends on seed + i only
 
 
+def test_an_image_folder_is_a_base_batch(sr, tmp_path):
+    from PIL import Image
+
+    base = base_batch(tmp_path / "base.npz", n=3, labels=None)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i, im in enumerate(np.load(base)["arr_0"]):
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+    from_npz = read_samples(upsample_file(sr["cond"], base, tmp_path / "a.npz", class_label=1))
+    from_folder = read_samples(upsample_file(sr["cond"], folder, tmp_path / "b.npz", class_label=1))
+    assert np.array_equal(from_npz[0], from_folder[0]) and list(from_folder[1]) == [1, 1, 1]
+
+
 def test_batch_size_does_not_change_the_images(sr, tmp_path):
     base = base_batch(tmp_path / "base.npz", n=5)
     a = read_samples(upsample_file(sr["cond"], base, tmp_path / "a.npz", batch_size=2))[0]
