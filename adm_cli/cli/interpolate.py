@@ -58,7 +58,7 @@ def interpolate(
     t: Annotated[int, typer.Option("--t", help="noise mode: diffuse to this step of the trained process")] = 500,
     class_label: Annotated[Optional[int], typer.Option("--class", help="class for a class-conditional model (default: predicted by --classifier)")] = None,
     classifier: Annotated[Optional[Path], typer.Option("--classifier", help="noise-aware classifier that predicts the class of A and B")] = None,
-    seed: o.Seed = 0,
+    seed: Annotated[int, typer.Option("--seed", help="noise mode: seed of the fixed noise (ddim mode is deterministic)")] = 0,
     clip: Annotated[bool, typer.Option("--clip/--no-clip", help="clip x̂₀ to [-1, 1] while inverting and decoding (as adm sample; off: the bare η = 0 ODE)")] = True,
     batch_size: o.BatchSize = 16,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier interpolation in --out")] = False,
