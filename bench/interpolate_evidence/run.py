@@ -61,7 +61,7 @@ def stack_rows(paths: list[Path], out: Path, scale: int = 4) -> None:
 
 def area_down(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 NHWC -> area-downsampled uint8 (what super-resolution training conditions on)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
     low = F.interpolate(x, size=size, mode="area")
     return ((low + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
