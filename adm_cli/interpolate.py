@@ -33,6 +33,7 @@ from adm_cli import __version__
 from adm_cli.backend import Backend, image_generators
 from adm_cli.checkpoint import Loaded
 from adm_cli.config import UNetConfig
+from adm_cli.data.batches import to_model_input
 from adm_cli.data.images import center_crop_arr, save_grid, to_uint8
 from adm_cli.data.samples import IMAGE_EXTENSIONS, iter_sample_batches, sample_info
 from adm_cli.diffusion import Schedule, ddim_invert, make_schedule, q_sample, respace, space_timesteps
@@ -132,11 +133,6 @@ def load_endpoint(spec: str | os.PathLike, *, image_size: int, channels: int) ->
     return np.ascontiguousarray(pixels, dtype=np.uint8), source
 
 
-def to_model_range(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [-1, 1] (ADM's `x / 127.5 - 1`)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 # --------------------------------------------------------------------------- interpolation
 
 
@@ -226,7 +222,7 @@ def interpolate(
     if images.shape != (2, *expected):
         raise GenerateError(f"need two {expected} images, got {images.shape}")
     model.model = backend.prepare(model.model)
-    x0 = to_model_range(images)
+    x0 = to_model_input(images)
 
     label, source = options.class_label, "unconditional"
     if unet.num_classes is not None:

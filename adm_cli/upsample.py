@@ -21,6 +21,7 @@ from adm_cli import __version__
 from adm_cli.backend import Backend, Dist
 from adm_cli.checkpoint import Loaded, file_digest
 from adm_cli.config import UNetConfig
+from adm_cli.data.batches import to_model_input
 from adm_cli.data.images import to_uint8
 from adm_cli.data.sample_reader import list_sample_images
 from adm_cli.data.samples import SampleWriter, iter_sample_batches, open_sample_writer, read_labels, sample_info
@@ -36,7 +37,7 @@ from adm_cli.generate import (
 )
 from adm_cli.reporting import SILENT, Reporter
 
-__all__ = ["BaseBatch", "check_base", "low_res_input", "run_upsampling"]
+__all__ = ["BaseBatch", "base_digest", "check_base", "run_upsampling"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,11 +96,6 @@ def base_digest(path: Path) -> str:
     for f in list_sample_images(path):
         h.update(f"{f.name}\0{file_digest(f)}\0".encode())
     return h.hexdigest()
-
-
-def low_res_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC base images -> float32 NCHW in [-1, 1] (`x / 127.5 - 1`, super_res_sample.py)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def run_upsampling(
@@ -169,7 +165,7 @@ def run_upsampling(
         x0 = sample_batch(
             model, x_T, schedule=schedule, options=options, backend=backend, generators=gens,
             labels=torch.from_numpy(y) if (y is not None and unet.num_classes is not None) else None,
-            model_kwargs={"low_res": low_res_input(low)}, progress=progress,
+            model_kwargs={"low_res": to_model_input(low)}, progress=progress,
         )
         return to_uint8(x0), y
 

@@ -23,7 +23,8 @@ from adm_cli.cli.app import app
 from adm_cli.data.samples import read_samples
 from adm_cli.generate import SampleOptions
 from adm_cli.nn import build_unet
-from adm_cli.upsample import check_base, low_res_input, run_upsampling
+from adm_cli.data.batches import to_model_input
+from adm_cli.upsample import check_base, run_upsampling
 from tests.conftest import TINY_UNET, randomized, write_unet
 from tests.golden_weights import deterministic_state_dict
 from tests.sample_helpers import kill_when_ready
@@ -120,7 +121,7 @@ def test_each_output_follows_its_own_base_image_and_label(sr, tmp_path):
 
 def test_low_res_scaling_is_guided_diffusions():
     x = np.array([[[[0], [255]], [[127], [128]]]], dtype=np.uint8)  # (1, 2, 2, 1)
-    t = low_res_input(x)
+    t = to_model_input(x)
     assert t.shape == (1, 1, 2, 2)
     torch.testing.assert_close(t[0, 0], torch.tensor([[-1.0, 1.0], [127 / 127.5 - 1, 128 / 127.5 - 1]]))
 
