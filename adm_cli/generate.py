@@ -254,15 +254,14 @@ def run_sampling(
                             has_labels=num_classes is not None)
 
     def produce(chunk: range, mine: range, progress: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray | None]:
-        images, labels = _sample_range(
+        return _sample_range(
             model, mine, shape=shape, num_classes=num_classes, schedule=schedule,
             options=options, backend=backend, classifier=classifier, progress=progress,
         )
-        return images, labels if num_classes is not None else None
 
     return stream_samples(
-        out, total=options.num, batch_size=options.batch_size, open_writer=open_writer, produce=produce,
-        reporter=reporter, dist=dist, grid=grid, summary=summary,
+        out, total=options.num, batch_size=options.batch_size, image_shape=(unet.image_size, unet.image_size, unet.in_channels),
+        open_writer=open_writer, produce=produce, reporter=reporter, dist=dist, grid=grid, summary=summary,
     )
 
 
@@ -274,6 +273,7 @@ def stream_samples(
     *,
     total: int,
     batch_size: int,
+    image_shape: tuple[int, int, int],
     open_writer: Callable[[], SampleWriter],
     produce: Produce,
     reporter: Reporter = SILENT,
@@ -284,8 +284,9 @@ def stream_samples(
     """Generate images 0..total-1 into a sample file in chunks, resuming where a killed run stopped.
 
     Chunks hold `batch_size` images per process. `produce(chunk, mine, progress)` makes the
-    images of `mine` (this process's contiguous share of `chunk`) as uint8 NHWC with their labels
-    (or None); rank 0 gathers each chunk and writes it before the next one starts.
+    images of `mine` (this process's contiguous share of `chunk`, never empty) as uint8 NHWC
+    `image_shape` with their labels (or None); rank 0 gathers each chunk and writes it before the
+    next one starts. Only the last chunk can leave a process without a share.
     """
     writer: SampleWriter | None = None
     done = torch.full((), -1, dtype=torch.int64)  # -1 tells the other ranks that rank 0 failed
@@ -316,9 +317,12 @@ def stream_samples(
                 def step_done(i: int, steps: int, n_chunk: int = n_chunk) -> None:
                     tick(n_chunk / steps)  # the bar moves with every denoising step, in images
 
-                images, labels = produce(range(chunk_start, chunk_end), range(lo, hi), step_done)
+                if hi > lo:
+                    images, labels = produce(range(chunk_start, chunk_end), range(lo, hi), step_done)
+                else:
+                    images, labels = np.zeros((0, *image_shape), np.uint8), None
                 has_labels = labels is not None
-                if labels is None:
+                if labels is None:  # all_gather needs an array on every rank
                     labels = np.full(len(images), -1, np.int64)
                 images, labels = _gather(images, labels, dist)
                 if writer is not None:
@@ -378,11 +382,7 @@ def _sample_range(
     backend: Backend,
     classifier: Loaded | None,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    if len(indices) == 0:
-        if progress is not None:  # keep the bar moving on a rank with nothing left to do
-            progress(1, 1)
-        return np.zeros((0, shape[1], shape[2], shape[0]), np.uint8), np.zeros((0,), np.int64)
+) -> tuple[np.ndarray, np.ndarray | None]:
     x_T, labels, gens = initial_state(
         indices, shape=shape, num_classes=num_classes, class_label=options.class_label, seed=options.seed
     )
@@ -390,8 +390,7 @@ def _sample_range(
         model, x_T, schedule=schedule, options=options, backend=backend, generators=gens,
         labels=labels, classifier=classifier, progress=progress,
     )
-    out_labels = labels.numpy() if labels is not None else np.full(len(indices), -1, np.int64)
-    return to_uint8(x0), out_labels
+    return to_uint8(x0), None if labels is None else labels.numpy()
 
 
 def _broadcast(value: torch.Tensor, dist: Dist) -> None:

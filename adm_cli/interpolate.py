@@ -16,11 +16,9 @@ interpolation weights (F,), 0 = image A, 1 = image B; frames = decoded points (F
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -302,7 +300,8 @@ def write_interpolation(result: Interpolation, out: str | Path, *, sources: tupl
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = np.full(len(result.frames), -1 if result.class_label is None else result.class_label, np.int64)
-    _atomic_npz(out / "frames.npz", arr_0=result.frames, arr_1=labels, alpha=result.alpha, latents=result.latents)
+    arrays = dict(arr_0=result.frames, arr_1=labels, alpha=result.alpha, latents=result.latents)
+    _write_atomic(out / "frames.npz", lambda tmp: np.savez(tmp, **arrays))
     save_grid(np.concatenate([result.inputs[:1], result.frames, result.inputs[1:]]), out / "strip.png", nrow=len(result.frames) + 2)
     recon = np.stack([result.inputs[0], result.frames[0], result.inputs[1], result.frames[-1]])
     save_grid(recon, out / "reconstructions.png", nrow=2)
@@ -316,7 +315,7 @@ def write_interpolation(result: Interpolation, out: str | Path, *, sources: tupl
         "command": command,
         **result.meta,
     }
-    _atomic_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    _write_atomic(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
 
 
@@ -324,20 +323,11 @@ def _finite(x: float) -> float | str:
     return x if math.isfinite(x) else "inf"
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _write_atomic(path: Path, write) -> None:
+    """`write(tmp)` to a temporary name beside `path`, then rename it into place."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        tmp.write_bytes(data)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays.items():
-            with zf.open(f"{name}.npy", "w") as f:
-                np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
-    _atomic_bytes(path, buf.getvalue())
-

@@ -42,17 +42,19 @@ __all__ = ["BaseBatch", "base_digest", "check_base", "run_upsampling"]
 
 @dataclasses.dataclass(frozen=True)
 class BaseBatch:
-    """What `check_base` found in a base batch: its path, how many images to upsample, and
-    whether labels come from the file (else from --class, or none)."""
+    """What `check_base` found in a base batch: its path, whether the output gets labels (from
+    the file or --class), and its digest (part of the resume fingerprint)."""
 
     path: Path
-    num: int
     has_labels: bool
     digest: str
 
 
-def check_base(model: Loaded, base: str | Path, options: SampleOptions, *, num: int | None = None) -> BaseBatch:
-    """Refuse a base batch that does not fit the model, with one line; reads headers and labels only."""
+def check_base(model: Loaded, base: str | Path, options: SampleOptions) -> BaseBatch:
+    """Refuse a base batch that does not fit the model, with one line; reads headers and labels only.
+
+    `options.num` is how many of its images (the first ones) are upsampled.
+    """
     unet = model.config
     if model.kind != "super-res" or not isinstance(unet, UNetConfig) or unet.low_res_size is None:
         raise GenerateError(f"{model.path}: is a {model.kind} checkpoint; adm upsample needs a super-resolution model (sample it with adm sample)")
@@ -67,11 +69,8 @@ def check_base(model: Loaded, base: str | Path, options: SampleOptions, *, num: 
         )
     if c != unet.in_channels:
         raise GenerateError(f"{path}: base images have {c} channels, the model takes {unet.in_channels}")
-    if n == 0:
-        raise GenerateError(f"{path}: the base batch is empty")
-    if num is not None and not 0 < num <= n:
-        raise GenerateError(f"--num {num} is out of range: {path} holds {n} images")
-    count = n if num is None else num
+    if options.num > n:
+        raise GenerateError(f"--num {options.num} is out of range: {path} holds {n} images")
     n_classes = unet.num_classes
     if options.class_label is not None and has_labels:
         raise GenerateError(f"{path}: has labels; --class would override them (drop --class)")
@@ -82,10 +81,10 @@ def check_base(model: Loaded, base: str | Path, options: SampleOptions, *, num: 
         labels = read_labels(path)
         if labels is None:
             raise GenerateError(f"{path}: has no labels (arr_1) and the upsampler is class-conditional; pass --class C")
-        lo, hi = int(labels[:count].min()), int(labels[:count].max())
+        lo, hi = int(labels[: options.num].min()), int(labels[: options.num].max())
         if lo < 0 or hi >= n_classes:
             raise GenerateError(f"{path}: labels span [{lo}, {hi}], the upsampler has {n_classes} classes [0, {n_classes - 1}]")
-    return BaseBatch(path, count, has_labels or options.class_label is not None, base_digest(path))
+    return BaseBatch(path, has_labels or options.class_label is not None, base_digest(path))
 
 
 def base_digest(path: Path) -> str:
@@ -111,22 +110,19 @@ def run_upsampling(
     grid: str | Path | None = None,
     command: str = "",
 ) -> Path:
-    """Upsample the first `base.num` images of `base` into `out` (.npz or .h5), resuming a killed run.
-
-    `options.num` must equal `base.num`; labels are carried from the base batch (or
+    """Upsample the first `options.num` images of `base` (checked by `check_base`) into `out`
+    (.npz or .h5), resuming a killed run. Labels are carried from the base batch (or
     `options.class_label` for every image) to the model and to the output.
     """
     unet = model.config
     assert isinstance(unet, UNetConfig) and model.diffusion is not None
-    if options.num != base.num:
-        raise GenerateError(f"options.num {options.num} differs from the base batch's {base.num}")
     schedule = make_schedule(model.diffusion, options.respacing).to(backend.device)
     shape = (unet.in_channels, unet.image_size, unet.image_size)
     model.model = backend.prepare(model.model)
     summary = (
         f"super-res model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters), "
         f"{unet.low_res_size}->{unet.image_size} on {backend.device} in {backend.precision}; "
-        f"{options.sampler} {options.respacing or 'all steps'}; {base.num} images from {base.path}"
+        f"{options.sampler} {options.respacing or 'all steps'}; {options.num} images from {base.path}"
     )
 
     def open_writer() -> SampleWriter:
@@ -140,7 +136,7 @@ def run_upsampling(
             "adm_version": __version__,
         }
         return open_sample_writer(
-            out, total=base.num, image_shape=(unet.image_size, unet.image_size, unet.in_channels),
+            out, total=options.num, image_shape=(unet.image_size, unet.image_size, unet.in_channels),
             meta=meta, overwrite=overwrite, has_labels=base.has_labels,
         )
 
@@ -158,9 +154,6 @@ def run_upsampling(
             labels = np.asarray(labels[: len(chunk)], np.int64)
         part = slice(mine.start - chunk.start, mine.stop - chunk.start)
         low, y = images[part], None if labels is None else labels[part]
-        if len(mine) == 0:
-            progress(1, 1)
-            return np.zeros((0, shape[1], shape[2], shape[0]), np.uint8), y
         x_T, _, gens = initial_state(mine, shape=shape, num_classes=None, class_label=None, seed=options.seed)
         x0 = sample_batch(
             model, x_T, schedule=schedule, options=options, backend=backend, generators=gens,
@@ -170,6 +163,6 @@ def run_upsampling(
         return to_uint8(x0), y
 
     return stream_samples(
-        out, total=base.num, batch_size=options.batch_size, open_writer=open_writer, produce=produce,
-        reporter=reporter, dist=dist, grid=grid, summary=summary,
+        out, total=options.num, batch_size=options.batch_size, image_shape=(unet.image_size, unet.image_size, unet.in_channels),
+        open_writer=open_writer, produce=produce, reporter=reporter, dist=dist, grid=grid, summary=summary,
     )

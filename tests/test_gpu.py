@@ -73,8 +73,7 @@ def test_upsampling_on_cuda_matches_the_cpu(tmp_path, precision):
     for device, prec in (("cpu", "fp32"), ("cuda", precision)):
         model = load_model(ckpt)
         options = SampleOptions(num=6, sampler="ddim", respacing="ddim10", batch_size=4)
-        found = check_base(model, base, options)
-        out = run_upsampling(model, found, tmp_path / f"{device}.npz", options, backend=make_backend(device, prec))
+        out = run_upsampling(model, check_base(model, base, options), tmp_path / f"{device}.npz", options, backend=make_backend(device, prec))
         outs.append(read_samples(out))
     (cpu, lc), (gpu, lg) = outs
     assert np.array_equal(lc, lg)

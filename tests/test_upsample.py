@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from adm_cli.backend import make_backend
 from adm_cli.checkpoint import load_model
 from adm_cli.cli.app import app
-from adm_cli.data.samples import read_samples
+from adm_cli.data.samples import read_samples, sample_info
 from adm_cli.generate import SampleOptions
 from adm_cli.nn import build_unet
 from adm_cli.data.batches import to_model_input
@@ -58,10 +58,9 @@ def run(*args):
 
 def upsample_file(ckpt: Path, base: Path, out: Path, *, num=None, batch_size=2, class_label=None, seed=0, respacing="5"):
     model = load_model(ckpt)
-    options = SampleOptions(num=1, respacing=respacing, class_label=class_label, seed=seed, batch_size=batch_size)
-    found = check_base(model, base, options, num=num)
-    options = dataclasses.replace(options, num=found.num)
-    return run_upsampling(model, found, out, options, backend=make_backend("cpu", "fp32"))
+    num = sample_info(base)[0] if num is None else num
+    options = SampleOptions(num=num, respacing=respacing, class_label=class_label, seed=seed, batch_size=batch_size)
+    return run_upsampling(model, check_base(model, base, options), out, options, backend=make_backend("cpu", "fp32"))
 
 
 def test_upsampling_keeps_labels_and_count(sr, tmp_path):
@@ -201,6 +200,7 @@ def test_killed_process_resumes(sr, tmp_path):
         (lambda p: base_batch(p), ["--sampler", "euler", "--steps", 5], "--sampler must be ddpm or ddim"),
         (lambda p: base_batch(p), ["--respacing", "2000"], "--respacing"),
         (lambda p: p.write_bytes(b"not a zip") and p, [], "base.npz"),
+        (lambda p: np.savez(p, arr_0=np.zeros((0, 8, 8, 3), np.uint8)), [], "the base batch is empty"),
     ],
 )
 def test_bad_base_batches_get_one_line(sr, tmp_path, make, extra, message):

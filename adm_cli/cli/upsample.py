@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,6 +12,7 @@ from adm_cli.checkpoint import load_model
 from adm_cli.cli import options as o
 from adm_cli.cli.errors import UserError, user_errors
 from adm_cli.cli.sample import check_outputs, respacing_from
+from adm_cli.data.samples import sample_info
 from adm_cli.generate import SampleOptions, ddim_spacing
 from adm_cli.reporting import Reporter, stdout_line
 from adm_cli.upsample import check_base, run_upsampling
@@ -69,6 +69,10 @@ def upsample(
     if base.resolve() == out.resolve():
         raise UserError("--out must differ from --base")
     chosen_sampler, spec = respacing_from(ddim, steps, respacing, sampler)
+    if num is None:
+        num = sample_info(base)[0]
+        if num == 0:
+            raise UserError(f"{base}: the base batch is empty")
     reporter = Reporter(quiet=quiet or not torchrun_env().is_main)
     backend = make_backend(device, precision.value, compile=compile)
     overrides = o.overrides(image_size, num_heads, num_head_channels, attention_order, schedule, diffusion_steps, low_res_size)
@@ -76,7 +80,7 @@ def upsample(
     if ddim is not None:
         spec = ddim_spacing(ddim, model.diffusion.steps)
     options = SampleOptions(
-        num=num or 1,  # replaced by the base batch's count below
+        num=num,
         sampler=chosen_sampler,  # type: ignore[arg-type]
         respacing=spec,
         eta=eta,
@@ -85,8 +89,7 @@ def upsample(
         clip_denoised=not no_clip,
         batch_size=batch_size,
     )
-    found = check_base(model, base, options, num=num)
-    options = dataclasses.replace(options, num=found.num)
+    found = check_base(model, base, options)
     with distributed(backend.device) as dist:
         backend = distributed_device(backend, dist)
         final = run_upsampling(

@@ -5,6 +5,7 @@ transfer (and, under torchrun, one all_reduce) when the interval is flushed."""
 from __future__ import annotations
 
 import torch
+import torch.distributed as tdist
 from torch import Tensor
 
 from adm_cli.backend import Dist
@@ -42,18 +43,15 @@ class Meter:
         """Means since the last flush, over all processes: `name` and `name_q0..3` (when seen)."""
         names = sorted(self._acc)
         if dist.world_size > 1:
-            import torch.distributed as tdist
-
             # Ranks may have seen different names (e.g. a skipped step): agree on the union first.
             gathered: list[list[str]] = [[] for _ in range(dist.world_size)]
             tdist.all_gather_object(gathered, names)
             names = sorted(set().union(*gathered))
-            packed = torch.stack([self._acc.get(n, torch.zeros(2, 5, dtype=torch.float64)).to(device) for n in names]) if names else None
-            if packed is not None:
-                tdist.all_reduce(packed)
-        else:
-            # Terms live on the network's device, scalars such as grad_norm may be on the CPU.
-            packed = torch.stack([self._acc[n].to(device) for n in names]) if names else None
+        # Terms live on the network's device; scalars such as grad_norm may be on the CPU.
+        zero = torch.zeros(2, 5, dtype=torch.float64)
+        packed = torch.stack([self._acc.get(n, zero).to(device) for n in names]) if names else None
+        if packed is not None and dist.world_size > 1:
+            tdist.all_reduce(packed)
         self._acc = {}
         if packed is None:
             return {}

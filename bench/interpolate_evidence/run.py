@@ -19,7 +19,6 @@ Each `adm` step runs as a subprocess of `python -m adm_cli` (the CLI users run).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from PIL import Image
 
 from adm_cli.backend import make_backend
 from adm_cli.checkpoint import load_model
+from adm_cli.data.datasets import open_dataset
 from adm_cli.data.images import make_grid
 from adm_cli.interpolate import InterpolateOptions, interpolate, psnr
 
@@ -50,13 +50,13 @@ def adm(*args: str, log: list) -> str:
 
 
 def save_scaled(grid: np.ndarray, path: Path, scale: int = 4) -> None:
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    """A uint8 image (H, W) or (H, W, C) enlarged `scale` times with nearest neighbours."""
+    img = Image.fromarray(grid[..., 0] if grid.ndim == 3 and grid.shape[-1] == 1 else grid)
     img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
 
 
 def stack_rows(paths: list[Path], out: Path, scale: int = 4) -> None:
-    rows = [np.asarray(Image.open(p)) for p in paths]
-    save_scaled(np.concatenate(rows, axis=0)[..., None] if rows[0].ndim == 2 else np.concatenate(rows, 0), out, scale)
+    save_scaled(np.concatenate([np.asarray(Image.open(p)) for p in paths], axis=0), out, scale)
 
 
 def area_down(images: np.ndarray, size: int) -> np.ndarray:
@@ -98,9 +98,8 @@ def main() -> None:
     log: list = []
     steps = [int(s) for s in args.steps.split(",")]
 
-    images = np.frombuffer(gzip.open(args.data / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
-    images = images.reshape(-1, 28, 28, 1)  # (10000, 28, 28, 1) uint8
-    labels = np.frombuffer(gzip.open(args.data / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8).astype(np.int64)
+    test = open_dataset(args.data, split="test")
+    images, labels = test.get(np.arange(len(test)))  # (10000, 28, 28, 1) uint8, (10000,) int64
     npz = out / "test.npz"
     np.savez(npz, arr_0=images, arr_1=labels)  # FILE:INDEX inputs for adm interpolate
     by_class = {c: np.flatnonzero(labels == c) for c in range(10)}
