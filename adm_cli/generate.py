@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -23,20 +24,58 @@ from adm_cli.config import ClassifierConfig, UNetConfig
 from adm_cli.data.images import save_grid, to_uint8
 from adm_cli.data.samples import SampleWriter, open_sample_writer, read_samples
 from adm_cli.diffusion import (
+    SPACINGS,
+    Denoiser,
+    Guidance,
     Schedule,
-    classifier_grad,
+    classifier_gradient,
     make_schedule,
+    respace,
     sample_ddim,
     sample_ddpm,
+    sample_dpmpp,
+    sample_heun,
+    sample_unipc,
+    solver_timesteps,
     space_timesteps,
 )
 from adm_cli.reporting import SILENT, Reporter
 
-Sampler = Literal["ddpm", "ddim"]
+Sampler = Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "unipc", "heun"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "unipc", "heun")
+ODE_SOLVERS = ("dpm++2m", "dpm++3m", "unipc", "heun")  # deterministic: no --eta
+MIN_NFE = {"ddpm": 1, "ddim": 1, "dpm++2m": 2, "dpm++3m": 3, "unipc": 2, "heun": 3}
+DEFAULT_SOLVER_NFE = 20
 
 
 class GenerateError(ValueError):
     """Options that do not fit the model (one-line message)."""
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """Schedule steps that cost at most `nfe` network evaluations (Heun: 2K - 1 for K steps)."""
+    if sampler not in SAMPLERS:
+        raise GenerateError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if nfe < MIN_NFE[sampler]:
+        raise GenerateError(f"--nfe {nfe} is too small for {sampler}: it needs at least {MIN_NFE[sampler]}")
+    return (nfe + 1) // 2 if sampler == "heun" else nfe
+
+
+def nfe_of(sampler: str, steps: int) -> int:
+    """Network evaluations per image for `steps` schedule steps (a CFG evaluation is one doubled batch)."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def default_spacing(sampler: str, guided: bool) -> str | None:
+    """The step choice the solvers' authors recommend: EDM's ρ = 7 σ steps for Heun; for
+    DPM-Solver++ and UniPC uniform time under guidance (their guided-sampling recipe) and uniform
+    log-SNR without (their recommendation for unguided pixel models); None (guided-diffusion's
+    respacing) for DDPM and DDIM."""
+    if sampler == "heun":
+        return "karras"
+    if sampler in ODE_SOLVERS:
+        return "time-uniform" if guided else "logsnr"
+    return None
 
 
 @dataclass(frozen=True)
@@ -45,9 +84,13 @@ class SampleOptions:
 
     num: int
     sampler: Sampler = "ddpm"
-    respacing: str | None = None  # "250", "ddim25", "90,60,60,20,20"; None: every step
+    respacing: str | None = None  # "250", "ddim25", "90,60,60,20,20"; with `spacing`: the step count; None: every step
+    spacing: str | None = None  # time-uniform | logsnr | karras (solver step choice), or None
     eta: float = 0.0
-    guidance_scale: float = 0.0
+    guidance_scale: float = 0.0  # classifier guidance s
+    cfg_scale: float = 0.0  # classifier-free guidance w (diffusers' guidance_scale = 1 + w)
+    guidance_interval: tuple[float, float] | None = None  # original timesteps where guidance acts
+    dynamic_threshold: float | None = None  # quantile ratio (0.995) of DPM-Solver++'s thresholding
     class_label: int | None = None  # None: random per image (class-conditional or guided models)
     seed: int = 0
     clip_denoised: bool = True
@@ -58,12 +101,33 @@ class SampleOptions:
             raise GenerateError(f"--num must be positive, got {self.num}")
         if self.batch_size <= 0:
             raise GenerateError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.sampler not in SAMPLERS:
+            raise GenerateError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        for name, value in (("--eta", self.eta), ("--guidance", self.guidance_scale), ("--cfg-scale", self.cfg_scale)):
+            if not math.isfinite(value):
+                raise GenerateError(f"{name} must be a finite number, got {value}")
         if self.eta < 0:
             raise GenerateError(f"--eta must be >= 0, got {self.eta}")
-        if self.sampler == "ddpm" and self.eta != 0:
-            raise GenerateError("--eta applies to DDIM only (use --ddim K)")
+        if self.eta != 0 and self.sampler != "ddim":
+            raise GenerateError(f"--eta applies to DDIM only; {self.sampler} is {'ancestral' if self.sampler == 'ddpm' else 'deterministic'}")
+        if self.spacing is not None:
+            if self.spacing not in SPACINGS:
+                raise GenerateError(f"unknown spacing {self.spacing!r}; expected one of {', '.join(SPACINGS)}")
+            if self.respacing is None or not self.respacing.isdigit():
+                raise GenerateError(f"--spacing {self.spacing} needs a step count (--steps or --nfe), not --respacing")
+        if self.dynamic_threshold is not None:
+            if not 0 < self.dynamic_threshold <= 1:
+                raise GenerateError(f"the dynamic-threshold ratio must lie in (0, 1], got {self.dynamic_threshold}")
+            if not self.clip_denoised:
+                raise GenerateError("--dynamic-threshold replaces clipping; drop --no-clip")
+        if self.guidance_interval is not None and not self.guidance_interval[0] <= self.guidance_interval[1]:
+            raise GenerateError(f"--guidance-interval needs LO <= HI, got {self.guidance_interval}")
         if self.seed < 0:
             raise GenerateError(f"--seed must be >= 0, got {self.seed}")
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale != 0 or self.cfg_scale != 0
 
 
 def check_compatible(model: Loaded, classifier: Loaded | None, options: SampleOptions) -> None:
@@ -85,16 +149,31 @@ def check_compatible(model: Loaded, classifier: Loaded | None, options: SampleOp
         n_classes = clf.num_classes
     elif options.guidance_scale != 0:
         raise GenerateError("--guidance needs --classifier CKPT")
+    if options.cfg_scale != 0 and not unet.null_class:
+        raise GenerateError(
+            "--cfg-scale needs a model with a null class (trained with --label-dropout); this one has none"
+        )
     if options.class_label is not None:
         if n_classes is None:
             raise GenerateError("--class needs a class-conditional model or a classifier")
         if not 0 <= options.class_label < n_classes:
             raise GenerateError(f"--class {options.class_label} is out of range [0, {n_classes - 1}]")
     assert model.diffusion is not None
+    sampling_schedule(model, options)
+
+
+def sampling_schedule(model: Loaded, options: SampleOptions) -> Schedule:
+    """The (respaced) schedule the sampler runs: guided-diffusion's respacing spec, or a step count
+    placed by `options.spacing` (`solver_timesteps`)."""
+    assert model.diffusion is not None
     try:
-        make_schedule(model.diffusion, options.respacing)
+        if options.spacing is None:
+            return make_schedule(model.diffusion, options.respacing)
+        base = make_schedule(model.diffusion)
+        return respace(base, solver_timesteps(base, int(options.respacing or 0), options.spacing))  # type: ignore[arg-type]
     except ValueError as e:
-        raise GenerateError(f"--respacing {options.respacing!r}: {e}") from None
+        what = f"--spacing {options.spacing} with {options.respacing} steps" if options.spacing else f"--respacing {options.respacing!r}"
+        raise GenerateError(f"{what}: {e}") from None
 
 
 def ddim_spacing(k: int, steps: int) -> str:
@@ -134,27 +213,94 @@ def initial_state(
 
 
 def network_fn(
-    model: Loaded,
-    backend: Backend,
-    *,
-    labels: torch.Tensor | None = None,
-    model_kwargs: dict[str, torch.Tensor] | None = None,
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The sampler's `model_fn(x_t, model_t)`: the network in the backend's precision, closed over
-    the class labels (used by class-conditional models only) and extra inputs such as `low_res`."""
+    model: Loaded, backend: Backend, *, model_kwargs: dict[str, torch.Tensor] | None = None
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """The denoiser's `model_fn(x_t, model_t, y)`: the network in the backend's precision, with extra
+    per-image inputs such as `low_res` (repeated when classifier-free guidance doubles the batch).
+    Labels reach class-conditional models only."""
     assert isinstance(model.config, UNetConfig)
     device = backend.device
     net = model.model
-    y = labels.to(device) if labels is not None and model.config.num_classes is not None else None
+    conditional = model.config.num_classes is not None
     kwargs = {k: v.to(device) for k, v in (model_kwargs or {}).items()}
     memory_format = torch.channels_last if backend.channels_last else torch.contiguous_format
 
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        extra = {k: v if len(v) == len(x) else torch.cat([v] * (len(x) // len(v))) for k, v in kwargs.items()}
         with backend.autocast():
-            out = net(x.contiguous(memory_format=memory_format), t, y=y, **kwargs)
+            out = net(x.contiguous(memory_format=memory_format), t, y=y if conditional else None, **extra)
         return out.float()
 
     return model_fn
+
+
+def build_denoiser(
+    model: Loaded,
+    *,
+    schedule: Schedule,
+    options: SampleOptions,
+    backend: Backend,
+    labels: torch.Tensor | None = None,
+    classifier: Loaded | None = None,
+    model_kwargs: dict[str, torch.Tensor] | None = None,
+) -> Denoiser:
+    """The one place a network, its classifier, labels and guidance options become a `Denoiser`
+    (adm sample, upsample, interpolate and the Python API)."""
+    assert model.diffusion is not None and isinstance(model.config, UNetConfig)
+    device = backend.device
+    y = labels.to(device) if labels is not None else None
+    grad_fn = None
+    if classifier is not None and options.guidance_scale != 0:
+        clf = classifier.model
+
+        def classifier_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with backend.autocast():
+                return clf(x, t).float()
+
+        grad_fn = classifier_gradient(classifier_fn)
+
+    guidance = Guidance(
+        classifier_scale=options.guidance_scale if grad_fn is not None else 0.0,
+        # guided-diffusion shifts the mean for ancestral sampling (ADM Alg. 1), the score otherwise (Alg. 2)
+        classifier_mode="mean" if options.sampler == "ddpm" else "score",
+        cfg_scale=options.cfg_scale,
+        interval=options.guidance_interval,
+    )
+    return Denoiser(
+        network_fn(model, backend, model_kwargs=model_kwargs),
+        schedule=schedule.to(device),
+        config=model.diffusion,
+        labels=y,
+        guidance=guidance,
+        grad_fn=grad_fn,
+        null_label=model.config.num_classes if model.config.null_class else None,
+        clip_denoised=options.clip_denoised,
+        threshold=options.dynamic_threshold,
+    )
+
+
+def run_sampler(
+    sampler: str,
+    denoise: Denoiser,
+    x_T: torch.Tensor,
+    *,
+    generators: list[torch.Generator] | None = None,
+    eta: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """x_0 from x_T with the named sampler over the denoiser's schedule."""
+    if sampler == "ddpm":
+        assert generators is not None
+        return sample_ddpm(denoise, x_T, generators=generators, progress=progress)
+    if sampler == "ddim":
+        return sample_ddim(denoise, x_T, generators=generators, eta=eta, progress=progress)
+    if sampler in ("dpm++2m", "dpm++3m"):
+        return sample_dpmpp(denoise, x_T, order=int(sampler[-2]), progress=progress)
+    if sampler == "unipc":
+        return sample_unipc(denoise, x_T, order=2, progress=progress)
+    if sampler == "heun":
+        return sample_heun(denoise, x_T, progress=progress)
+    raise GenerateError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
 
 
 def sample_batch(
@@ -171,36 +317,22 @@ def sample_batch(
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Run one sampler over a batch; returns x_0 in [-1, 1] (float32, on the CPU)."""
-    assert model.diffusion is not None and isinstance(model.config, UNetConfig)
-    device = backend.device
-    y = labels.to(device) if labels is not None else None
-    model_fn = network_fn(model, backend, labels=labels, model_kwargs=model_kwargs)
-    cond_fn = None
-    if classifier is not None and options.guidance_scale != 0:
-        assert y is not None
-        clf = classifier.model
-
-        def classifier_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with backend.autocast():
-                return clf(x, t).float()
-
-        def cond_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return classifier_grad(classifier_fn, x, t, y, options.guidance_scale)
-
-    common: dict[str, Any] = dict(
-        schedule=schedule,
-        config=model.diffusion,
-        generators=generators,
-        clip_denoised=options.clip_denoised,
-        cond_fn=cond_fn,
-        progress=progress,
+    denoise = build_denoiser(
+        model, schedule=schedule, options=options, backend=backend, labels=labels, classifier=classifier,
+        model_kwargs=model_kwargs,
     )
-    with torch.no_grad():
-        if options.sampler == "ddim":
-            x0 = sample_ddim(model_fn, x_T.to(device), eta=options.eta, **common)
-        else:
-            x0 = sample_ddpm(model_fn, x_T.to(device), **common)
+    x0 = run_sampler(options.sampler, denoise, x_T.to(backend.device), generators=generators, eta=options.eta,
+                     progress=progress)
     return x0.float().cpu()
+
+
+def describe_steps(options: SampleOptions, schedule: Schedule) -> str:
+    """e.g. 'dpm++2m, 20 steps (logsnr), 20 network evaluations per image'."""
+    how = f" ({options.spacing})" if options.spacing else (f" ({options.respacing})" if options.respacing else "")
+    text = f"{options.sampler}, {schedule.num_steps} steps{how}, {nfe_of(options.sampler, schedule.num_steps)} network evaluations per image"
+    if options.cfg_scale:
+        text += " (each one forward of a doubled batch)"
+    return text
 
 
 def fingerprint(model: Loaded, classifier: Loaded | None, options: SampleOptions, backend: Backend, extra: dict | None = None) -> str:
@@ -236,7 +368,7 @@ def run_sampling(
     check_compatible(model, classifier, options)
     unet = model.config
     assert isinstance(unet, UNetConfig) and model.diffusion is not None
-    schedule = make_schedule(model.diffusion, options.respacing).to(backend.device)
+    schedule = sampling_schedule(model, options).to(backend.device)
     num_classes = num_label_classes(model, classifier)
     shape = (unet.in_channels, unet.image_size, unet.image_size)
     model.model = backend.prepare(model.model)
@@ -245,8 +377,9 @@ def run_sampling(
 
     summary = (
         f"{model.kind} model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters) on "
-        f"{backend.device} in {backend.precision}; {options.sampler} {options.respacing or 'all steps'}"
-        + (f", guidance {options.guidance_scale}" if classifier is not None else "")
+        f"{backend.device} in {backend.precision}; {describe_steps(options, schedule)}"
+        + (f", classifier guidance {options.guidance_scale}" if classifier is not None else "")
+        + (f", classifier-free guidance {options.cfg_scale}" if options.cfg_scale else "")
     )
 
     def open_writer() -> SampleWriter:
@@ -420,9 +553,13 @@ def sample_images(
     *,
     sampler: Sampler = "ddpm",
     respacing: str | None = None,
+    spacing: str | None = None,
     eta: float = 0.0,
     classifier: Loaded | None = None,
     guidance_scale: float = 0.0,
+    cfg_scale: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
+    dynamic_threshold: float | None = None,
     class_label: int | None = None,
     seed: int = 0,
     x_T: torch.Tensor | None = None,
@@ -435,12 +572,15 @@ def sample_images(
 
     `x_T` (num, C, H, W) replaces the seeded initial noise; per-step noise still comes from
     the per-image generators seeded `seed + i`. `labels` replaces the drawn classes.
+    `respacing` is a guided-diffusion spec, or with `spacing` (time-uniform, logsnr, karras) a
+    step count; `cfg_scale` is classifier-free guidance w (models with a null class).
     """
     from adm_cli.backend import make_backend
 
     backend = backend or make_backend("cpu", "fp32")
     options = SampleOptions(
-        num=num, sampler=sampler, respacing=respacing, eta=eta, guidance_scale=guidance_scale,
+        num=num, sampler=sampler, respacing=respacing, spacing=spacing, eta=eta, guidance_scale=guidance_scale,
+        cfg_scale=cfg_scale, guidance_interval=guidance_interval, dynamic_threshold=dynamic_threshold,
         class_label=class_label, seed=seed, clip_denoised=clip_denoised, batch_size=num,
     )
     check_compatible(model, classifier, options)
@@ -459,7 +599,7 @@ def sample_images(
     if classifier is not None:
         classifier.model = backend.prepare(classifier.model)
     x0 = sample_batch(
-        model, noise, schedule=make_schedule(model.diffusion, respacing).to(backend.device), options=options,
+        model, noise, schedule=sampling_schedule(model, options), options=options,
         backend=backend, generators=gens, labels=labels, classifier=classifier,
         model_kwargs={"low_res": low_res} if low_res is not None else None,
     )

@@ -35,7 +35,7 @@ from adm_cli.data.batches import to_model_input
 from adm_cli.data.images import center_crop_arr, save_grid, to_uint8
 from adm_cli.data.samples import IMAGE_EXTENSIONS, iter_sample_batches, sample_info
 from adm_cli.diffusion import Schedule, ddim_invert, make_schedule, q_sample, respace, space_timesteps
-from adm_cli.generate import GenerateError, SampleOptions, check_compatible, ddim_spacing, network_fn, sample_batch
+from adm_cli.generate import GenerateError, SampleOptions, build_denoiser, check_compatible, ddim_spacing, sample_batch
 from adm_cli.reporting import SILENT, Reporter
 
 __all__ = [
@@ -241,11 +241,8 @@ def interpolate(
 
     with reporter.progress("encoding", 1) as tick:
         if options.mode == "ddim":
-            model_fn = network_fn(model, backend, labels=labels)
-            latents = ddim_invert(
-                model_fn, x0.to(backend.device), schedule=sched, config=model.diffusion,
-                clip_denoised=options.clip_denoised, progress=lambda i, n: tick(1 / n),
-            ).float().cpu()
+            denoise = build_denoiser(model, schedule=sched, options=decode_options, backend=backend, labels=labels)
+            latents = ddim_invert(denoise, x0.to(backend.device), progress=lambda i, n: tick(1 / n)).float().cpu()
         else:
             # fixed noise: ε_A from seed, ε_B from seed + 1 (the decoder's noise comes from seed + 2)
             eps = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in image_generators([options.seed, options.seed + 1])])

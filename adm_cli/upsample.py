@@ -25,14 +25,15 @@ from adm_cli.data.batches import to_model_input
 from adm_cli.data.images import to_uint8
 from adm_cli.data.sample_reader import list_sample_images
 from adm_cli.data.samples import SampleWriter, iter_sample_batches, open_sample_writer, read_labels, sample_info
-from adm_cli.diffusion import make_schedule
 from adm_cli.generate import (
     GenerateError,
     SampleOptions,
     check_compatible,
     fingerprint,
+    describe_steps,
     initial_state,
     sample_batch,
+    sampling_schedule,
     stream_samples,
 )
 from adm_cli.reporting import SILENT, Reporter
@@ -116,13 +117,15 @@ def run_upsampling(
     """
     unet = model.config
     assert isinstance(unet, UNetConfig) and model.diffusion is not None
-    schedule = make_schedule(model.diffusion, options.respacing).to(backend.device)
+    schedule = sampling_schedule(model, options).to(backend.device)
     shape = (unet.in_channels, unet.image_size, unet.image_size)
     model.model = backend.prepare(model.model)
     summary = (
         f"super-res model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters), "
         f"{unet.low_res_size}->{unet.image_size} on {backend.device} in {backend.precision}; "
-        f"{options.sampler} {options.respacing or 'all steps'}; {options.num} images from {base.path}"
+        f"{describe_steps(options, schedule)}"
+        + (f", classifier-free guidance {options.cfg_scale}" if options.cfg_scale else "")
+        + f"; {options.num} images from {base.path}"
     )
 
     def open_writer() -> SampleWriter:

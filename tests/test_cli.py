@@ -94,6 +94,21 @@ def bad_inputs(models, wrong, tmp):
         "cuda missing": (["sample", models["unet"], *ok, "--device", "cuda", "--out", tmp / "a.npz"], "CUDA"),
         "eta with ddpm": (["sample", models["unet"], *ok, "--eta", 0.5, "--out", tmp / "a.npz"], "--eta"),
         "info on junk": (["info", tmp / "junk.pt"], "not a readable"),
+        "guidance without classifier": (["sample", models["unet"], *ok, "--guidance", 3, "--out", tmp / "a.npz"], "--guidance needs --classifier"),
+        "unknown sampler": (["sample", models["unet"], "--sampler", "euler", "--out", tmp / "a.npz"], "--sampler must be one of"),
+        "unknown spacing": (["sample", models["unet"], "--sampler", "dpm++2m", "--spacing", "cubic", "--out", tmp / "a.npz"], "--spacing must be one of"),
+        "nfe too small": (["sample", models["unet"], "--sampler", "dpm++3m", "--nfe", 2, "--out", tmp / "a.npz"], "needs at least 3"),
+        "heun steps too few": (["sample", models["unet"], "--sampler", "heun", "--steps", 1, "--out", tmp / "a.npz"], "too few for heun"),
+        "eta with a solver": (["sample", models["unet"], "--sampler", "unipc", "--eta", 0.5, "--out", tmp / "a.npz"], "deterministic"),
+        "cfg without null class": (["sample", models["unet"], *ok, "--cfg-scale", 2, "--out", tmp / "a.npz"], "null class"),
+        "nan eta": (["sample", models["unet"], "--ddim", 5, "--eta", "nan", "--out", tmp / "a.npz"], "finite"),
+        "nan guidance": (["sample", models["unet"], *ok, "--classifier", models["classifier"], "--guidance", "nan", "--out", tmp / "a.npz"], "finite"),
+        "threshold without clipping": (["sample", models["unet"], *ok, "--dynamic-threshold", "--no-clip", "--out", tmp / "a.npz"], "--no-clip"),
+        "spacing with respacing": (["sample", models["unet"], "--respacing", "10", "--spacing", "logsnr", "--out", tmp / "a.npz"], "drop --spacing"),
+        "spacing without steps": (["sample", models["unet"], "--spacing", "logsnr", "--out", tmp / "a.npz"], "needs a step count"),
+        "ddim with another sampler": (["sample", models["unet"], "--ddim", 5, "--sampler", "heun", "--out", tmp / "a.npz"], "drop --sampler heun"),
+        "bad guidance interval": (["sample", models["unet"], *ok, "--guidance-interval", "9,2", "--out", tmp / "a.npz"], "LO <= HI"),
+        "nfe and steps": (["sample", models["unet"], "--nfe", 5, "--steps", 5, "--out", tmp / "a.npz"], "one of"),
     }
 
 
@@ -101,6 +116,10 @@ CASES = [
     "missing checkpoint", "corrupt checkpoint", "classifier as model", "classifier size", "classifier classes",
     "impossible respacing", "too many steps", "bad sections", "class out of range", "two step options",
     "bad extension", "unwritable output", "negative num", "cuda missing", "eta with ddpm", "info on junk",
+    "guidance without classifier", "unknown sampler", "unknown spacing", "nfe too small", "heun steps too few",
+    "eta with a solver", "cfg without null class", "nan eta", "nan guidance", "threshold without clipping",
+    "spacing with respacing", "spacing without steps", "ddim with another sampler", "bad guidance interval",
+    "nfe and steps",
 ]
 
 
@@ -115,6 +134,24 @@ def test_bad_input_one_line_exit_2(models, wrong_classifier, tmp_path, case):
     assert len(err.splitlines()) == 1 and err.startswith("error:"), err
     assert needle in err
     assert not (tmp_path / "a.npz").exists()
+
+
+def test_fast_solver_with_classifier_free_guidance(tmp_path):
+    """dpm++2m at 4 network evaluations with CFG on a null-class model, through the CLI; the
+    command says what ran."""
+    import dataclasses
+
+    from tests.conftest import TINY_UNET, write_unet
+
+    model = write_unet(tmp_path / "cfg.pt", dataclasses.replace(TINY_UNET, null_class=True))
+    out = tmp_path / "s.npz"
+    result = run("sample", model, "--num", 2, "--sampler", "dpm++2m", "--nfe", 4, "--cfg-scale", 2,
+                 "--dynamic-threshold", "--class", 3, "--out", out)
+    assert result.exit_code == 0, result.output
+    said = " ".join(stderr_of(result).split())
+    assert "dpm++2m, 4 steps (time-uniform), 4 network evaluations per image (each one forward of a doubled batch)" in said
+    with np.load(out) as d:
+        assert d["arr_0"].shape == (2, 16, 16, 3) and list(d["arr_1"]) == [3, 3]
 
 
 def test_existing_output_is_kept(models, tmp_path):

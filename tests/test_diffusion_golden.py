@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from adm_cli.config import DiffusionConfig
+from tests.diffusion_helpers import denoiser
 from adm_cli.diffusion import (
     betas_for,
     condition_mean,
@@ -154,9 +155,9 @@ def test_sampling_loop(golden: dict[str, np.ndarray], case: str) -> None:
     def model_fn(x: torch.Tensor, model_t: torch.Tensor) -> torch.Tensor:
         return loop_model(x, model_t, a[:channels], b[:channels])
 
-    common = dict(schedule=schedule, config=config, generators=gens, cond_fn=loop_cond if guided else None)
+    cond = loop_cond if guided else None
     if sampler == "ddpm":
-        sample = sample_ddpm(model_fn, x_T, **common)  # type: ignore[arg-type]
+        sample = sample_ddpm(denoiser(model_fn, schedule, config, cond_fn=cond, mode="mean"), x_T, generators=gens)
     else:
-        sample = sample_ddim(model_fn, x_T, eta=eta, **common)  # type: ignore[arg-type]
+        sample = sample_ddim(denoiser(model_fn, schedule, config, cond_fn=cond), x_T, generators=gens, eta=eta)
     close(sample, golden[f"loop/{case}"])

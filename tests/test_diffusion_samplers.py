@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adm_cli.config import DiffusionConfig
+from tests.diffusion_helpers import denoiser
 from adm_cli.diffusion import (
     PMeanVar,
     classifier_free,
@@ -95,10 +96,10 @@ def test_batch_size_independence_and_determinism(sampler: str) -> None:
     x_T = torch.cat([torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(100 + i)) for i in range(4)])
 
     def run(index: list[int], seeds: list[int]) -> torch.Tensor:
-        kw = dict(schedule=sch, config=config, generators=gens(*seeds))
+        d = denoiser(model_fn, sch, config)
         if sampler == "ddpm":
-            return sample_ddpm(model_fn, x_T[index], **kw)  # type: ignore[arg-type]
-        return sample_ddim(model_fn, x_T[index], eta=0.8, **kw)  # type: ignore[arg-type]
+            return sample_ddpm(d, x_T[index], generators=gens(*seeds))
+        return sample_ddim(d, x_T[index], eta=0.8, generators=gens(*seeds))
 
     batch = run([0, 1, 2, 3], [0, 1, 2, 3])
     torch.testing.assert_close(run([0, 1, 2, 3], [0, 1, 2, 3]), batch, rtol=0, atol=0)
@@ -113,13 +114,14 @@ def test_ddim_eta0_is_deterministic_without_generators() -> None:
     config = DiffusionConfig()
     sch = make_schedule(config, "ddim10")
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    a = sample_ddim(toy_model(), x_T, schedule=sch, config=config)
-    b = sample_ddim(toy_model(), x_T, schedule=sch, config=config, generators=gens(1, 2, 3, 4))
+    d = denoiser(toy_model(), sch, config)
+    a = sample_ddim(d, x_T)
+    b = sample_ddim(d, x_T, generators=gens(1, 2, 3, 4))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="needs generators"):
-        sample_ddim(toy_model(), x_T, schedule=sch, config=config, eta=0.5)
+        sample_ddim(d, x_T, eta=0.5)
     with pytest.raises(ValueError, match="score guidance"):
-        sample_ddim(toy_model(), x_T, schedule=sch, config=config, guidance="mean")  # type: ignore[arg-type]
+        sample_ddim(denoiser(toy_model(), sch, config, cond_fn=lambda x, t: x, mode="mean"), x_T)
 
 
 @pytest.mark.parametrize(("kind", "spec"), [("linear", "ddim50"), ("cosine", None)])
@@ -131,10 +133,11 @@ def test_ddim_invert_then_sample_reconstructs(kind: str, spec: str | None) -> No
     x0 = (torch.rand(SHAPE, generator=g, dtype=torch.float64) * 1.8 - 0.9)
     eps_star = torch.randn(SHAPE, generator=g, dtype=torch.float64)
     model_fn = lambda x, model_t: eps_star  # noqa: E731
-    x_T = ddim_invert(model_fn, x0, schedule=sch, config=config, clip_denoised=False)
+    d = denoiser(model_fn, sch, config, clip_denoised=False)
+    x_T = ddim_invert(d, x0)
     last = torch.full((4,), sch.num_steps - 1)
     torch.testing.assert_close(x_T, q_sample(x0, last, eps_star, schedule=sch), rtol=1e-9, atol=1e-9)
-    recon = sample_ddim(model_fn, x_T, schedule=sch, config=config, clip_denoised=False)
+    recon = sample_ddim(d, x_T)
     torch.testing.assert_close(recon, x0, rtol=1e-9, atol=1e-9)
 
 
@@ -145,7 +148,7 @@ def test_callback_and_progress() -> None:
     done: list[tuple[int, int]] = []
     x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     final = sample_ddpm(
-        toy_model(), x_T, schedule=sch, config=config, generators=gens(0, 1),
+        denoiser(toy_model(), sch, config), x_T, generators=gens(0, 1),
         callback=lambda i, t, x, out: seen.append((i, t.tolist(), tuple(out.x0_pred.shape))),
         progress=lambda i, n: done.append((i, n)),
     )
@@ -164,7 +167,7 @@ def test_model_sees_respaced_and_rescaled_timesteps() -> None:
         seen.append(model_t.tolist())
         return torch.zeros_like(x)
 
-    sample_ddim(model_fn, torch.zeros(1, 3, 2, 2), schedule=sch, config=config)
+    sample_ddim(denoiser(model_fn, sch, config), torch.zeros(1, 3, 2, 2))
     assert seen == [[800.0], [600.0], [400.0], [200.0], [0.0]]
 
 
@@ -220,7 +223,7 @@ def test_guided_ddpm_uses_mean_shift() -> None:
     means: dict[str, list[PMeanVar]] = {"plain": [], "guided": []}
     for key, cond in (("plain", None), ("guided", lambda x, t: torch.ones_like(x))):
         sample_ddpm(
-            toy_model(), x_T, schedule=sch, config=config, generators=gens(0, 1), cond_fn=cond,
+            denoiser(toy_model(), sch, config, cond_fn=cond, mode="mean"), x_T, generators=gens(0, 1),
             callback=lambda i, t, x, out, k=key: means[k].append(out),
         )
     first_plain, first_guided = means["plain"][0], means["guided"][0]

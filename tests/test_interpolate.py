@@ -18,7 +18,8 @@ from adm_cli.checkpoint import Loaded, load_model
 from adm_cli.cli.app import app
 from adm_cli.config import DiffusionConfig
 from adm_cli.diffusion import ddim_invert, make_schedule, sample_ddim
-from adm_cli.generate import GenerateError, ddim_spacing, network_fn
+from adm_cli.generate import GenerateError, SampleOptions, build_denoiser, ddim_spacing
+from tests.diffusion_helpers import denoiser
 from adm_cli.interpolate import InterpolateOptions, interpolate, lerp, load_endpoint, psnr, slerp
 from tests.conftest import TINY_UNET, write_unet
 
@@ -104,8 +105,8 @@ def test_inversion_error_falls_as_steps_grow():
     errors = []
     for k in (10, 25, 50, 100, 250):
         sch = make_schedule(config, ddim_spacing(k, 1000))
-        x_T = ddim_invert(model_fn, x0, schedule=sch, config=config, clip_denoised=False)
-        recon = sample_ddim(model_fn, x_T, schedule=sch, config=config, clip_denoised=False)
+        d = denoiser(model_fn, sch, config, clip_denoised=False)
+        recon = sample_ddim(d, ddim_invert(d, x0))
         errors.append((recon - x0).pow(2).mean().sqrt().item())
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] < errors[0] / 10, errors
@@ -143,12 +144,12 @@ def test_end_frames_are_the_reconstructions(models):
     np.testing.assert_allclose(result.alpha, np.linspace(0, 1, 5))
     # an independent encode / decode of each image on its own
     config, sch = model.diffusion, make_schedule(model.diffusion, ddim_spacing(8, model.diffusion.steps))
-    fn = network_fn(model, CPU, labels=torch.tensor([2]))
+    d = build_denoiser(model, schedule=sch, options=SampleOptions(num=1, sampler="ddim"), backend=CPU, labels=torch.tensor([2]))
     for i, end in ((0, 0), (1, -1)):
         x0 = torch.from_numpy(images[i : i + 1]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        x_T = ddim_invert(fn, x0, schedule=sch, config=config, clip_denoised=True)
+        x_T = ddim_invert(d, x0)
         torch.testing.assert_close(torch.from_numpy(result.latents[end]), x_T[0], rtol=1e-4, atol=1e-4)
-        recon = sample_ddim(fn, x_T, schedule=sch, config=config, clip_denoised=True)
+        recon = sample_ddim(d, x_T)
         u8 = ((recon + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()[0]
         assert np.abs(u8.astype(int) - result.frames[end].astype(int)).max() <= 1
     assert result.psnr == (psnr(images[0], result.frames[0]), psnr(images[1], result.frames[-1]))

@@ -49,8 +49,46 @@ Weights = Annotated[WeightsChoice, typer.Option("--weights", help="adm checkpoin
 Ddim = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with K steps (guided-diffusion's ddimK spacing)")]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="K evenly respaced steps")]
 Respacing = Annotated[Optional[str], typer.Option("--respacing", help="guided-diffusion spec: 250, ddim25 or section counts 90,60,60,20,20")]
-Sampler = Annotated[Optional[str], typer.Option("--sampler", help="ddpm or ddim (with --steps/--respacing)")]
+Sampler = Annotated[
+    Optional[str],
+    typer.Option(
+        "--sampler",
+        help="ddpm (ancestral; uses a learned variance), ddim, dpm++2m, dpm++3m (DPM-Solver++ multistep), unipc "
+        "(UniPC-bh2, order 2) or heun (EDM Alg. 1, 2 evaluations a step). The ODE solvers (ddim, dpm++, unipc, "
+        "heun) use only the ε channels of learned-Σ models",
+        show_default="ddpm",
+    ),
+]
+Nfe = Annotated[
+    Optional[int],
+    typer.Option("--nfe", help="network evaluations per image (Heun: 2 a step, last step 1); default for the new solvers: 20"),
+]
+Spacing = Annotated[
+    Optional[str],
+    typer.Option(
+        "--spacing",
+        help="where the solver steps lie: time-uniform, logsnr or karras (EDM, rho 7). Default: karras for heun; "
+        "time-uniform for dpm++/unipc when guided, logsnr otherwise (the solvers' authors' advice)",
+        show_default=False,
+    ),
+]
 Eta = Annotated[float, typer.Option("--eta", help="DDIM η (0: deterministic, 1: DDPM-like noise)")]
+CfgScale = Annotated[
+    float,
+    typer.Option(
+        "--cfg-scale",
+        help="classifier-free guidance w: ε = (1+w)·ε(x,y) − w·ε(x,∅); 0 = the conditional model. diffusers' "
+        "guidance_scale is 1+w. Needs a model trained with --label-dropout (null class); one doubled batch per evaluation",
+    ),
+]
+GuidanceInterval = Annotated[
+    Optional[str],
+    typer.Option("--guidance-interval", help="guide only at original timesteps LO..HI, e.g. 0,600 (default: everywhere)"),
+]
+DynamicThreshold = Annotated[
+    bool,
+    typer.Option("--dynamic-threshold", help="DPM-Solver++'s dynamic thresholding of x̂₀ (ratio 0.995) instead of clipping; for large guidance scales"),
+]
 SampleOut = Annotated[Path, typer.Option("--out", "-o", help="output .npz (arr_0 uint8 NHWC, arr_1 labels) or .h5")]
 Grid = Annotated[Optional[Path], typer.Option("--grid", help="also write a PNG grid of the first 64 images")]
 NoClip = Annotated[bool, typer.Option("--no-clip", help="do not clip x̂₀ to [-1, 1]")]

@@ -11,7 +11,7 @@ from adm_cli.backend import distributed, distributed_device, make_backend, torch
 from adm_cli.checkpoint import load_model
 from adm_cli.cli import options as o
 from adm_cli.cli.errors import UserError, user_errors
-from adm_cli.cli.sample import check_outputs, respacing_from
+from adm_cli.cli.sample import check_outputs, step_choice
 from adm_cli.data.samples import sample_info
 from adm_cli.generate import SampleOptions, ddim_spacing
 from adm_cli.reporting import Reporter, stdout_line
@@ -42,8 +42,12 @@ def upsample(
     ddim: o.Ddim = None,
     steps: o.Steps = None,
     respacing: o.Respacing = None,
+    nfe: o.Nfe = None,
     sampler: o.Sampler = None,
+    spacing: o.Spacing = None,
     eta: o.Eta = 0.0,
+    cfg_scale: o.CfgScale = 0.0,
+    dynamic_threshold: o.DynamicThreshold = False,
     class_label: Annotated[Optional[int], typer.Option("--class", help="class of every image, for a base batch without labels")] = None,
     seed: o.Seed = 0,
     grid: o.Grid = None,
@@ -68,7 +72,8 @@ def upsample(
         raise UserError(f"base batch not found: {base}")
     if base.resolve() == out.resolve():
         raise UserError("--out must differ from --base")
-    chosen_sampler, spec = respacing_from(ddim, steps, respacing, sampler)
+    choice = step_choice(ddim=ddim, steps=steps, nfe=nfe, respacing=respacing, sampler=sampler, spacing=spacing,
+                         guided=cfg_scale != 0)
     if num is None:
         num = sample_info(base)[0]
         if num == 0:
@@ -77,13 +82,14 @@ def upsample(
     backend = make_backend(device, precision.value, compile=compile)
     overrides = o.overrides(image_size, num_heads, num_head_channels, attention_order, schedule, diffusion_steps, low_res_size)
     model = load_model(checkpoint, weights=weights.value, overrides=overrides, expect="super-res")
-    if ddim is not None:
-        spec = ddim_spacing(ddim, model.diffusion.steps)
     options = SampleOptions(
         num=num,
-        sampler=chosen_sampler,  # type: ignore[arg-type]
-        respacing=spec,
+        sampler=choice.sampler,  # type: ignore[arg-type]
+        respacing=ddim_spacing(choice.ddim, model.diffusion.steps) if choice.ddim else choice.spec,
+        spacing=choice.spacing,
         eta=eta,
+        cfg_scale=cfg_scale,
+        dynamic_threshold=0.995 if dynamic_threshold else None,
         class_label=class_label,
         seed=seed,
         clip_denoised=not no_clip,

@@ -11,11 +11,14 @@ DDIM = Song et al. 2021, ADM = Dhariwal & Nichol 2021):
     model_t            the network's timestep: schedule.timesteps[t] (x 1000/T if rescaled)
     grad               s · ∇_{x_t} log p_φ(y | x_t)
 
-Data flow: `make_schedule(config, respacing)` -> `Schedule`; the caller runs the network and
-`p_mean_variance` turns its output into p(x_{t-1} | x_t); `ddpm_step` / `ddim_step` move x_t;
-`sample_ddpm` / `sample_ddim` / `ddim_invert` are the loops.
+Data flow: `make_schedule(config, respacing)` (or `solver_timesteps` + `respace`) -> `Schedule`;
+a `Denoiser` wraps the network, the schedule, clipping and `Guidance` and returns x̂_0, ε̂ and
+p(x_{t-1} | x_t) (`p_mean_variance`) at (x_t, t); the samplers `sample_ddpm`, `sample_ddim`,
+`sample_dpmpp`, `sample_unipc`, `sample_heun` and `ddim_invert` are loops over pure step
+functions (`ddpm_step`, `ddim_step`, `dpmpp_step`, ...) that only see the denoiser.
 """
 
+from adm_cli.diffusion.denoiser import Denoiser, Guidance, classifier_gradient, dynamic_threshold
 from adm_cli.diffusion.gaussian import (
     PMeanVar,
     gather,
@@ -35,6 +38,7 @@ from adm_cli.diffusion.losses import (
     vlb_terms,
 )
 from adm_cli.diffusion.samplers import (
+    check_score_guidance,
     ddim_invert,
     ddim_reverse_step,
     ddim_sigma,
@@ -45,19 +49,37 @@ from adm_cli.diffusion.samplers import (
     sample_ddpm,
 )
 from adm_cli.diffusion.schedule import (
+    SPACINGS,
     Schedule,
     betas_for,
     cosine_betas,
+    edm_sigma,
     linear_betas,
+    log_snr,
     make_schedule,
     model_timesteps,
     respace,
+    solver_timesteps,
     space_timesteps,
 )
+from adm_cli.diffusion.solvers import dpmpp_step, sample_dpmpp, sample_heun, sample_unipc
 
 __all__ = [
+    "SPACINGS",
+    "Denoiser",
+    "Guidance",
     "PMeanVar",
     "Schedule",
+    "check_score_guidance",
+    "classifier_gradient",
+    "dpmpp_step",
+    "dynamic_threshold",
+    "edm_sigma",
+    "log_snr",
+    "sample_dpmpp",
+    "sample_heun",
+    "sample_unipc",
+    "solver_timesteps",
     "betas_for",
     "classifier_free",
     "classifier_grad",

@@ -4,9 +4,8 @@ Glossary: x_t = the current sample, t = step indices (B,) into the schedule, mod
 network sees (`model_timesteps`), out = p(x_{t-1} | x_t) from `p_mean_variance`, eta = η.
 
 Step functions are pure and share the signature `(out, x_t, t, noise, ...)`; each loop is one
-function that runs the network, applies guidance and calls its step. Hooks:
-  model_fn(x_t, model_t) -> network output          (close over class labels etc.)
-  cond_fn(x_t, model_t) -> s · ∇ log p(y | x_t)       (see guidance.classifier_grad)
+function `(denoise, x_T, *, generators, callback, progress) -> x_0` that calls the guided
+`Denoiser` (which owns the network, the schedule, clipping and guidance) and its step. Hooks:
   callback(i, t, x, out)  after iteration i (0-based) at step indices t, with the new sample x
                           and out (holding x̂_0 as out.x0_pred)
   progress(done, total)   after every step, for a progress bar
@@ -17,17 +16,15 @@ not on the batch it was sampled in.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-from adm_cli.config import DiffusionConfig
-from adm_cli.diffusion.gaussian import PMeanVar, gather, math_dtype, p_mean_variance, q_sample
-from adm_cli.diffusion.guidance import condition_mean, condition_score
-from adm_cli.diffusion.schedule import Schedule, model_timesteps
+from adm_cli.diffusion.denoiser import Denoiser
+from adm_cli.diffusion.gaussian import PMeanVar, gather, math_dtype, q_sample
+from adm_cli.diffusion.schedule import Schedule
 
 __all__ = [
+    "check_score_guidance",
     "ddim_invert",
     "ddim_reverse_step",
     "ddim_sigma",
@@ -38,12 +35,9 @@ __all__ = [
     "sample_ddpm",
 ]
 
-ModelFn = Callable[[Tensor, Tensor], Tensor]
-CondFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, Tensor, Tensor, PMeanVar], None]
 Progress = Callable[[int, int], None]
 Generators = torch.Generator | Sequence[torch.Generator]
-Guidance = Literal["mean", "score"]
 
 
 def per_image_noise(x: Tensor, generators: Generators) -> Tensor:
@@ -111,66 +105,34 @@ def ddim_reverse_step(out: PMeanVar, x_t: Tensor, t: Tensor, *, schedule: Schedu
     return sqrt_ab_next * out.x0_pred + sqrt_one_minus_ab_next * out.eps_pred
 
 
-def _denoise(
-    model_fn: ModelFn,
-    x: Tensor,
-    t: Tensor,
-    *,
-    schedule: Schedule,
-    config: DiffusionConfig,
-    clip_denoised: bool,
-    denoised_fn: Callable[[Tensor], Tensor] | None,
-    cond_fn: CondFn | None = None,
-    guidance: Guidance = "mean",
-) -> PMeanVar:
-    """Run the network at (x_t, t) and return p(x_{t-1} | x_t), guided if cond_fn is given."""
-    model_t = model_timesteps(schedule, t, rescale=config.rescale_timesteps)
-    output = model_fn(x, model_t)
-    out = p_mean_variance(
-        output, x, t, schedule=schedule, config=config, clip_denoised=clip_denoised, denoised_fn=denoised_fn
-    )
-    if cond_fn is None:
-        return out
-    grad = cond_fn(x, model_t)
-    if guidance == "mean":
-        return condition_mean(grad, out)
-    return condition_score(grad, out, x, t, schedule=schedule)
-
-
 def _step_indices(x: Tensor, i: int) -> Tensor:
     return torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
 
 
+def check_score_guidance(denoise: Denoiser, sampler: str) -> None:
+    """Refuse a mean-shift classifier guidance where the sampler reads only x̂_0 and ε̂."""
+    if denoise.guidance.uses_classifier and denoise.guidance.classifier_mode != "score":
+        raise ValueError(f"{sampler} supports only score guidance (ADM Alg. 2); a mean shift would be ignored")
+
+
 def sample_ddpm(
-    model_fn: ModelFn,
+    denoise: Denoiser,
     x_T: Tensor,
     *,
-    schedule: Schedule,
-    config: DiffusionConfig,
     generators: Generators,
-    clip_denoised: bool = True,
-    denoised_fn: Callable[[Tensor], Tensor] | None = None,
-    cond_fn: CondFn | None = None,
-    guidance: Guidance = "mean",
     callback: Callback | None = None,
     progress: Progress | None = None,
 ) -> Tensor:
-    """Ancestral sampling from x_T over every step of `schedule` (DDPM Alg. 2; ADM Alg. 1).
+    """Ancestral sampling from x_T over every step of the denoiser's schedule (DDPM Alg. 2).
 
-    Classifier guidance shifts the mean (`guidance="mean"`, ADM Alg. 1, guided-diffusion's
-    default for DDPM) or the score (`"score"`, ADM Alg. 2).
+    Uses the mean and (learned) variance of p(x_{t-1} | x_t); classifier guidance as a mean
+    shift (ADM Alg. 1, guided-diffusion's default here) or a score shift (ADM Alg. 2).
     """
-    if guidance not in ("mean", "score"):
-        raise ValueError(f"guidance must be 'mean' or 'score', got {guidance!r}")
-    schedule = schedule.to(x_T.device)
-    x, total = x_T, schedule.num_steps
+    x, total = x_T, denoise.schedule.num_steps
     with torch.no_grad():
         for i, step in enumerate(reversed(range(total))):
             t = _step_indices(x, step)
-            out = _denoise(
-                model_fn, x, t, schedule=schedule, config=config, clip_denoised=clip_denoised,
-                denoised_fn=denoised_fn, cond_fn=cond_fn, guidance=guidance,
-            )
+            out = denoise(x, t)
             # Noise is drawn at t = 0 too (and masked), so every step consumes the same stream.
             x = ddpm_step(out, x, t, per_image_noise(x, generators))
             if callback is not None:
@@ -181,40 +143,30 @@ def sample_ddpm(
 
 
 def sample_ddim(
-    model_fn: ModelFn,
+    denoise: Denoiser,
     x_T: Tensor,
     *,
-    schedule: Schedule,
-    config: DiffusionConfig,
     generators: Generators | None = None,
     eta: float = 0.0,
-    clip_denoised: bool = True,
-    denoised_fn: Callable[[Tensor], Tensor] | None = None,
-    cond_fn: CondFn | None = None,
-    guidance: Guidance = "score",
     callback: Callback | None = None,
     progress: Progress | None = None,
 ) -> Tensor:
-    """DDIM sampling from x_T over every step of `schedule` (DDIM Eq. 12; ADM Alg. 2).
+    """DDIM sampling from x_T over every step of the denoiser's schedule (DDIM Eq. 12; ADM Alg. 2).
 
-    η = 0 is deterministic and needs no generators. Guidance acts on the score only: DDIM
-    uses x̂_0 and ε̂, not the mean, so `guidance="mean"` is refused.
+    η = 0 is deterministic (first-order in the probability-flow ODE) and needs no generators.
+    DDIM reads x̂_0 and ε̂ only, so classifier guidance must be a score shift.
     """
-    if guidance != "score":
-        raise ValueError("DDIM supports only score guidance (ADM Alg. 2); a mean shift would be ignored")
+    check_score_guidance(denoise, "DDIM")
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")
     if eta > 0 and generators is None:
         raise ValueError("sample_ddim with eta > 0 needs generators")
-    schedule = schedule.to(x_T.device)
+    schedule = denoise.schedule
     x, total = x_T, schedule.num_steps
     with torch.no_grad():
         for i, step in enumerate(reversed(range(total))):
             t = _step_indices(x, step)
-            out = _denoise(
-                model_fn, x, t, schedule=schedule, config=config, clip_denoised=clip_denoised,
-                denoised_fn=denoised_fn, cond_fn=cond_fn, guidance="score",
-            )
+            out = denoise(x, t)
             noise = per_image_noise(x, generators) if eta > 0 else None  # type: ignore[arg-type]
             x = ddim_step(out, x, t, noise, schedule=schedule, eta=eta)
             if callback is not None:
@@ -225,13 +177,9 @@ def sample_ddim(
 
 
 def ddim_invert(
-    model_fn: ModelFn,
+    denoise: Denoiser,
     x0: Tensor,
     *,
-    schedule: Schedule,
-    config: DiffusionConfig,
-    clip_denoised: bool = True,
-    denoised_fn: Callable[[Tensor], Tensor] | None = None,
     callback: Callback | None = None,
     progress: Progress | None = None,
 ) -> Tensor:
@@ -241,17 +189,15 @@ def ddim_invert(
     the levels sample_ddim visits, in reverse. The first move, from the clean x_0, uses x̂_0 = x_0
     and ε̂ from the network at step 0; the others are `ddim_reverse_step` at steps 0 .. T-2.
     ε̂ is taken at the known point, so reconstruction is exact only in the small-step limit.
-    Use the same schedule, config and clip_denoised when decoding.
+    Decode with the same denoiser.
     """
-    schedule = schedule.to(x0.device)
+    schedule = denoise.schedule
     x, total = x0, schedule.num_steps
     with torch.no_grad():
         for i in range(total):
             # Move i goes from level ᾱ_{i-1} to ᾱ_i; level ᾱ_{-1} = 1 is the clean image.
             t = _step_indices(x, max(i - 1, 0))
-            out = _denoise(
-                model_fn, x, t, schedule=schedule, config=config, clip_denoised=clip_denoised, denoised_fn=denoised_fn
-            )
+            out = denoise(x, t)
             if i == 0:  # x̂_0 is x_0 itself: diffuse it with the predicted noise
                 x = q_sample(x0, t, out.eps_pred.to(x0.dtype), schedule=schedule)
             else:

@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -29,7 +30,11 @@ from torch import Tensor
 from adm_cli.config import DiffusionConfig
 
 __all__ = [
+    "SPACINGS",
     "Schedule",
+    "edm_sigma",
+    "log_snr",
+    "solver_timesteps",
     "betas_for",
     "cosine_betas",
     "linear_betas",
@@ -257,3 +262,66 @@ def _ddim_steps(num_steps: int, spec: str) -> tuple[int, ...]:
         if len(range(0, num_steps, stride)) == count:
             return tuple(range(0, num_steps, stride))
     raise ValueError(f"cannot take exactly {count} steps from a {num_steps}-step process with an integer stride")
+
+
+# --------------------------------------------------------------------------- solver step choice
+
+Spacing = Literal["time-uniform", "logsnr", "karras"]
+SPACINGS: tuple[str, ...] = ("time-uniform", "logsnr", "karras")
+
+
+def log_snr(alpha_bar: Tensor) -> Tensor:
+    """λ_t = log(α_t / σ_t) = ½ (log ᾱ_t - log(1 - ᾱ_t)), the half log-SNR (DPM-Solver Sec. 3.1)."""
+    return 0.5 * (torch.log(alpha_bar) - torch.log1p(-alpha_bar))
+
+
+def edm_sigma(alpha_bar: Tensor) -> Tensor:
+    """σ_t = √((1 - ᾱ_t) / ᾱ_t), the noise level of x_t / √ᾱ_t (EDM Sec. 2, Table 1 'VP')."""
+    return torch.sqrt((1.0 - alpha_bar) / alpha_bar)
+
+
+def solver_timesteps(
+    schedule: Schedule,
+    count: int,
+    spacing: Spacing,
+    *,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+) -> tuple[int, ...]:
+    """`count` distinct steps of a discrete process, increasing, for an ODE solver.
+
+    time-uniform  evenly spaced in t from 0 to T-1 (DPM-Solver's 'time_uniform'; this is
+                  guided-diffusion's plain respacing, `space_timesteps(T, count)`)
+    logsnr        evenly spaced in λ between λ_{T-1} and λ_0 (DPM-Solver's 'logSNR')
+    karras        σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ (EDM Eq. 5, ρ = 7),
+                  σ_max = min(80, σ_{T-1}), σ_min = max(0.002, σ_0) as EDM uses for ADM's models
+    The network only ever sees the process's own timesteps: each target is rounded to the step
+    with the nearest λ (σ for karras), as EDM's iDDPM wrapper rounds σ; steps that round onto
+    the same index are moved apart by one index, so exactly `count` network evaluations remain.
+    """
+    n = schedule.num_steps
+    if not 1 <= count <= n:
+        raise ValueError(f"cannot take {count} steps from a {n}-step process")
+    if spacing == "time-uniform":
+        return space_timesteps(n, count)
+    if count == 1:
+        return (n - 1,)
+    alpha_bar = schedule.alpha_bar.cpu()
+    i = torch.linspace(0, 1, count, dtype=_F64)
+    if spacing == "logsnr":
+        grid = log_snr(alpha_bar)
+        targets = grid[-1] + i * (grid[0] - grid[-1])
+    elif spacing == "karras":
+        grid = edm_sigma(alpha_bar)
+        hi, lo = min(sigma_max, float(grid[-1])), max(sigma_min, float(grid[0]))
+        targets = (hi ** (1 / rho) + i * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+    nearest = sorted(int((grid - target).abs().argmin()) for target in targets)
+    for k in range(1, count):  # keep them distinct: push crowded steps up ...
+        nearest[k] = max(nearest[k], nearest[k - 1] + 1)
+    nearest[-1] = min(nearest[-1], n - 1)
+    for k in range(count - 2, -1, -1):  # ... and back down below the top
+        nearest[k] = min(nearest[k], nearest[k + 1] - 1)
+    return tuple(nearest)

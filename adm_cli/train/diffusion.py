@@ -16,7 +16,7 @@ from adm_cli.config import ModelSpec, TrainConfig
 from adm_cli.data.batches import to_model_input
 from adm_cli.data.datasets import ImageData
 from adm_cli.data.images import to_uint8
-from adm_cli.diffusion import make_schedule, model_timesteps, q_sample, sample_ddpm
+from adm_cli.diffusion import Denoiser, make_schedule, model_timesteps, q_sample, sample_ddpm
 from adm_cli.nn import build_unet
 from adm_cli.train.loop import INIT_STREAM, mix_seed
 from adm_cli.train.objectives import diffusion_terms
@@ -121,22 +121,25 @@ class DiffusionTask:
         gens = [torch.Generator().manual_seed(i) for i in range(n)]
         x_T = torch.stack([torch.randn((c, size, size), generator=g) for g in gens])
         kwargs: dict[str, Tensor] = {}
+        labels: Tensor | None = None
         nrow = int(np.ceil(np.sqrt(n)))
         if self.config.num_classes is not None:
             nrow = min(self.config.num_classes, 10)  # one class per column (the first 10)
-            kwargs["y"] = (torch.arange(n) % nrow).to(device)
+            labels = (torch.arange(n) % nrow).to(device)
         if self.config.low_res_size is not None:
             if self.preview_data is None or len(self.preview_data) == 0:
                 return None
             images, _ = self.preview_data.get(np.arange(min(n, len(self.preview_data))))
             n = images.shape[0]
             x_T, gens = x_T[:n], gens[:n]
+            labels = None if labels is None else labels[:n]
             kwargs["low_res"] = F.interpolate(to_model_input(images).to(device), size=self.config.low_res_size, mode="area")
         schedule = make_schedule(self.diffusion, str(self.preview_steps)).to(device)
 
-        def model_fn(x: Tensor, model_t: Tensor) -> Tensor:
+        def model_fn(x: Tensor, model_t: Tensor, y: Tensor | None) -> Tensor:
             with self.backend.autocast():
-                return model(x, model_t, **kwargs).float()
+                return model(x, model_t, y=y, **kwargs).float()
 
-        x0 = sample_ddpm(model_fn, x_T.to(device), schedule=schedule, config=self.diffusion, generators=gens)
+        denoise = Denoiser(model_fn, schedule=schedule, config=self.diffusion, labels=labels)
+        x0 = sample_ddpm(denoise, x_T.to(device), generators=gens)
         return to_uint8(x0.cpu()), nrow
