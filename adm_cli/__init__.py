@@ -13,7 +13,7 @@ Training is `adm_cli.train` (objectives, timestep samplers, the loop); the comma
 `adm train-diffusion` / `adm train-classifier`.
 """
 
-__version__ = "0.4.0"
+from adm_cli.version import __version__  # noqa: E402
 
 from adm_cli.backend import make_backend  # noqa: E402
 from adm_cli.checkpoint import load_model  # noqa: E402

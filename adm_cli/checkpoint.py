@@ -31,7 +31,7 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
-from adm_cli import __version__
+from adm_cli.version import __version__
 from adm_cli.config import (
     CLASSIFIER_PRESETS,
     DIFFUSION_PRESETS,

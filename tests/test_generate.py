@@ -90,7 +90,7 @@ def test_guidance_changes_nothing_at_scale_zero(models, tmp_path):
 
 def interrupt_second_batch(models, out, **kw):
     """Run sample_file and die (KeyboardInterrupt) while the second batch is being sampled."""
-    import adm_cli.generate as gen
+    import adm_cli.generate.sampling as gen
 
     original = gen._sample_range
     calls = {"n": 0}

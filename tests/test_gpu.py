@@ -63,7 +63,7 @@ def test_upsampling_on_cuda_matches_the_cpu(tmp_path, precision):
 
     from adm_cli.data.samples import read_samples
     from adm_cli.generate import SampleOptions
-    from adm_cli.upsample import check_base, run_upsampling
+    from adm_cli.generate.upsample import check_base, run_upsampling
     from tests.conftest import TINY_UNET, write_unet
 
     ckpt = write_unet(tmp_path / "sr.pt", dataclasses.replace(TINY_UNET, low_res_size=8))
@@ -82,7 +82,7 @@ def test_upsampling_on_cuda_matches_the_cpu(tmp_path, precision):
 
 
 def test_interpolation_on_cuda_matches_the_cpu(models):
-    from adm_cli.interpolate import InterpolateOptions, interpolate
+    from adm_cli.generate.interpolate import InterpolateOptions, interpolate
 
     images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     opts = InterpolateOptions(steps=10, frames=4, class_label=1)

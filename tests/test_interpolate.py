@@ -20,7 +20,7 @@ from adm_cli.config import DiffusionConfig
 from adm_cli.diffusion import ddim_invert, make_schedule, sample_ddim
 from adm_cli.generate import GenerateError, SampleOptions, build_denoiser, ddim_spacing
 from tests.diffusion_helpers import denoiser
-from adm_cli.interpolate import InterpolateOptions, interpolate, lerp, load_endpoint, psnr, slerp
+from adm_cli.generate.interpolate import InterpolateOptions, interpolate, lerp, load_endpoint, psnr, slerp
 from tests.conftest import TINY_UNET, write_unet
 
 runner = CliRunner()
@@ -143,7 +143,7 @@ def test_end_frames_are_the_reconstructions(models):
     assert result.frames.shape == (5, 16, 16, 3) and result.frames.dtype == np.uint8
     np.testing.assert_allclose(result.alpha, np.linspace(0, 1, 5))
     # an independent encode / decode of each image on its own
-    config, sch = model.diffusion, make_schedule(model.diffusion, ddim_spacing(8, model.diffusion.steps))
+    sch = make_schedule(model.diffusion, ddim_spacing(8, model.diffusion.steps))
     d = build_denoiser(model, schedule=sch, options=SampleOptions(num=1, sampler="ddim"), backend=CPU, labels=torch.tensor([2]))
     for i, end in ((0, 0), (1, -1)):
         x0 = torch.from_numpy(images[i : i + 1]).permute(0, 3, 1, 2).float() / 127.5 - 1

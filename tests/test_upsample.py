@@ -24,7 +24,7 @@ from adm_cli.data.samples import read_samples, sample_info
 from adm_cli.generate import SampleOptions
 from adm_cli.nn import build_unet
 from adm_cli.data.batches import to_model_input
-from adm_cli.upsample import check_base, run_upsampling
+from adm_cli.generate.upsample import check_base, run_upsampling
 from tests.conftest import TINY_UNET, randomized, write_unet
 from tests.golden_weights import deterministic_state_dict
 from tests.sample_helpers import kill_when_ready
@@ -135,7 +135,7 @@ def test_unconditional_upsampler_carries_labels_and_class_fills_missing_ones(sr,
 
 
 def test_interrupted_upsampling_resumes_to_the_same_file(sr, tmp_path, monkeypatch):
-    import adm_cli.upsample as up
+    import adm_cli.generate.upsample as up
 
     base = base_batch(tmp_path / "base.npz", n=6)
     full = read_samples(upsample_file(sr["cond"], base, tmp_path / "full.npz"))
@@ -158,7 +158,7 @@ def test_interrupted_upsampling_resumes_to_the_same_file(sr, tmp_path, monkeypat
 
 
 def test_a_partial_run_does_not_mix_with_another_base_batch(sr, tmp_path, monkeypatch):
-    import adm_cli.upsample as up
+    import adm_cli.generate.upsample as up
     from adm_cli.data.samples import SampleFileError
 
     base = base_batch(tmp_path / "base.npz", n=6)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from adm_cli import __version__
+from adm_cli.version import __version__
 from adm_cli.cli.demo import EXAMPLE as DEMO_EXAMPLE
 from adm_cli.cli.demo import demo
 from adm_cli.cli.evaluate import EVALUATE_EXAMPLE, REF_BATCH_EXAMPLE, evaluate, ref_batch

@@ -14,7 +14,7 @@ from adm_cli.backend import make_backend
 from adm_cli.checkpoint import load_model
 from adm_cli.cli import options as o
 from adm_cli.cli.errors import check_writable, user_errors
-from adm_cli.interpolate import (
+from adm_cli.generate.interpolate import (
     InterpolateOptions,
     check_interpolation,
     check_output_dir,

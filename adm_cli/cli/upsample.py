@@ -15,7 +15,7 @@ from adm_cli.cli.sample import check_outputs, step_choice
 from adm_cli.data.samples import sample_info
 from adm_cli.generate import SampleOptions, ddim_spacing
 from adm_cli.reporting import Reporter, stdout_line
-from adm_cli.upsample import check_base, run_upsampling
+from adm_cli.generate.upsample import check_base, run_upsampling
 
 EXAMPLE = """
 Examples:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adm_cli import __version__
+from adm_cli.version import __version__
 from adm_cli.backend import Backend, Dist, distributed, distributed_device, make_backend
 from adm_cli.config import ClassifierConfig, ConfigError, DiffusionConfig, ModelSpec, TrainConfig, UNetConfig, preset_settings
 from adm_cli.data.datasets import ImageData, open_dataset, split_holdout

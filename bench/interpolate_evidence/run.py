@@ -34,7 +34,7 @@ from adm_cli.backend import make_backend
 from adm_cli.checkpoint import load_model
 from adm_cli.data.datasets import open_dataset
 from adm_cli.data.images import make_grid
-from adm_cli.interpolate import InterpolateOptions, interpolate, psnr
+from adm_cli.generate.interpolate import InterpolateOptions, interpolate, psnr
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 

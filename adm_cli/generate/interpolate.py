@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adm_cli import __version__
+from adm_cli.version import __version__
 from adm_cli.backend import Backend, image_generators
 from adm_cli.checkpoint import Loaded
 from adm_cli.config import UNetConfig
@@ -35,7 +35,8 @@ from adm_cli.data.batches import to_model_input
 from adm_cli.data.images import center_crop_arr, save_grid, to_uint8
 from adm_cli.data.samples import IMAGE_EXTENSIONS, iter_sample_batches, sample_info
 from adm_cli.diffusion import Schedule, ddim_invert, make_schedule, q_sample, respace, space_timesteps
-from adm_cli.generate import GenerateError, SampleOptions, build_denoiser, check_compatible, ddim_spacing, sample_batch
+from adm_cli.generate.denoise import build_denoiser, check_compatible, sample_batch
+from adm_cli.generate.options import GenerateError, SampleOptions, ddim_spacing
 from adm_cli.reporting import SILENT, Reporter
 
 __all__ = [

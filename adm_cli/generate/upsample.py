@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from adm_cli import __version__
+from adm_cli.version import __version__
 from adm_cli.backend import Backend, Dist
 from adm_cli.checkpoint import Loaded, file_digest
 from adm_cli.config import UNetConfig
@@ -25,17 +25,10 @@ from adm_cli.data.batches import to_model_input
 from adm_cli.data.images import to_uint8
 from adm_cli.data.sample_reader import list_sample_images
 from adm_cli.data.samples import SampleWriter, iter_sample_batches, open_sample_writer, read_labels, sample_info
-from adm_cli.generate import (
-    GenerateError,
-    SampleOptions,
-    check_compatible,
-    fingerprint,
-    describe_steps,
-    initial_state,
-    sample_batch,
-    sampling_schedule,
-    stream_samples,
-)
+from adm_cli.generate.denoise import check_compatible, initial_state, sample_batch, sampling_schedule
+from adm_cli.generate.options import GenerateError, SampleOptions, describe_steps
+from adm_cli.generate.sampling import fingerprint
+from adm_cli.generate.stream import stream_samples
 from adm_cli.reporting import SILENT, Reporter
 
 __all__ = ["BaseBatch", "base_digest", "check_base", "run_upsampling"]
