@@ -287,3 +287,23 @@ def test_torchrun_two_processes_write_the_single_process_file(sr, tmp_path):
     (a, la), (b, lb) = read_samples(single), read_samples(multi)
     assert np.array_equal(la, lb) and np.array_equal(la, np.arange(5) % 4)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_classifier_free_guidance_and_a_fast_solver_in_upsample(tmp_path):
+    """A super-resolution model with a null class takes --cfg-scale (the low-res input goes to both
+    halves of the doubled batch); batch size does not change the images; without a null class it
+    is refused."""
+    cfg_sr = write_unet(tmp_path / "sr_cfg.pt", dataclasses.replace(SR_UNET, null_class=True))
+    base = base_batch(tmp_path / "base.npz", n=3)
+    outs = {}
+    for name, extra in (("plain", []), ("cfg", ["--cfg-scale", 2]), ("cfg_b1", ["--cfg-scale", 2, "-b", 1])):
+        out = tmp_path / f"{name}.npz"
+        result = run("upsample", cfg_sr, "--base", base, "--out", out, "--sampler", "unipc", "--nfe", 4, "-q", *extra)
+        assert result.exit_code == 0, result.output
+        outs[name] = read_samples(out)
+    assert np.array_equal(outs["cfg"][1], [0, 1, 2])
+    assert not np.array_equal(outs["cfg"][0], outs["plain"][0])
+    assert np.abs(outs["cfg"][0].astype(int) - outs["cfg_b1"][0].astype(int)).max() <= 1
+    refused = run("upsample", write_unet(tmp_path / "sr.pt", SR_UNET), "--base", base, "--out", tmp_path / "x.npz",
+                  "--cfg-scale", 2, "--nfe", 4, "--sampler", "ddim")
+    assert refused.exit_code == 2 and "null class" in refused.output and not (tmp_path / "x.npz").exists()

@@ -33,6 +33,7 @@ __all__ = [
     "per_image_noise",
     "sample_ddim",
     "sample_ddpm",
+    "step_indices",
 ]
 
 Callback = Callable[[int, Tensor, Tensor, PMeanVar], None]
@@ -105,7 +106,8 @@ def ddim_reverse_step(out: PMeanVar, x_t: Tensor, t: Tensor, *, schedule: Schedu
     return sqrt_ab_next * out.x0_pred + sqrt_one_minus_ab_next * out.eps_pred
 
 
-def _step_indices(x: Tensor, i: int) -> Tensor:
+def step_indices(x: Tensor, i: int) -> Tensor:
+    """Step index i for every image of x, shape (B,)."""
     return torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
 
 
@@ -131,7 +133,7 @@ def sample_ddpm(
     x, total = x_T, denoise.schedule.num_steps
     with torch.no_grad():
         for i, step in enumerate(reversed(range(total))):
-            t = _step_indices(x, step)
+            t = step_indices(x, step)
             out = denoise(x, t)
             # Noise is drawn at t = 0 too (and masked), so every step consumes the same stream.
             x = ddpm_step(out, x, t, per_image_noise(x, generators))
@@ -165,7 +167,7 @@ def sample_ddim(
     x, total = x_T, schedule.num_steps
     with torch.no_grad():
         for i, step in enumerate(reversed(range(total))):
-            t = _step_indices(x, step)
+            t = step_indices(x, step)
             out = denoise(x, t)
             noise = per_image_noise(x, generators) if eta > 0 else None  # type: ignore[arg-type]
             x = ddim_step(out, x, t, noise, schedule=schedule, eta=eta)
@@ -196,7 +198,7 @@ def ddim_invert(
     with torch.no_grad():
         for i in range(total):
             # Move i goes from level ᾱ_{i-1} to ᾱ_i; level ᾱ_{-1} = 1 is the clean image.
-            t = _step_indices(x, max(i - 1, 0))
+            t = step_indices(x, max(i - 1, 0))
             out = denoise(x, t)
             if i == 0:  # x̂_0 is x_0 itself: diffuse it with the predicted noise
                 x = q_sample(x0, t, out.eps_pred.to(x0.dtype), schedule=schedule)

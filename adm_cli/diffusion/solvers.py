@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from adm_cli.diffusion.denoiser import Denoiser
-from adm_cli.diffusion.samplers import Callback, Progress, _step_indices, check_score_guidance
+from adm_cli.diffusion.samplers import Callback, Progress, step_indices, check_score_guidance
 from adm_cli.diffusion.schedule import Schedule, edm_sigma, log_snr
 
 __all__ = [
@@ -104,7 +104,7 @@ def sample_dpmpp(
     x, history = x_T, []
     with torch.no_grad():
         for i, step in enumerate(reversed(range(total))):
-            t = _step_indices(x, step)
+            t = step_indices(x, step)
             out = denoise(x, t)
             history = [*history[-2:], (lam[step], out.x0_pred)]
             if step == 0:
@@ -210,7 +210,7 @@ def sample_unipc(
     x, history, x_prev, prev_order = x_T, [], x_T, 1
     with torch.no_grad():
         for i, step in enumerate(reversed(range(total))):
-            t = _step_indices(x, step)
+            t = step_indices(x, step)
             out = denoise(x, t)
             if history and step > 0:  # correct the point just reached (useless before the last step)
                 x = unipc_correct(
@@ -254,7 +254,7 @@ def sample_heun(
     x = x_T * scale[-1]
     with torch.no_grad():
         for i, step in enumerate(reversed(range(total))):
-            t = _step_indices(x, step)
+            t = step_indices(x, step)
             sigma_cur = sigmas[step]
             sigma_next = sigmas[step - 1] if step > 0 else 0.0
             # Euler step.
