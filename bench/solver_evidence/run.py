@@ -81,6 +81,7 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=2.0, help="classifier guidance scale (0: skip the mode)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance w (0: skip the mode)")
     p.add_argument("--reference-steps", type=int, default=None, help="DDPM steps of the reference (default: all)")
+    p.add_argument("--no-reference", action="store_true", help="skip the DDPM reference cells (time-limited runs)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--precision", default="fp32")
     args = p.parse_args()
@@ -98,7 +99,8 @@ def main() -> None:
 
     for mode, guide in modes(args).items():
         tag = mode.split()[0]
-        cells = [("ddpm", None, ["--sampler", "ddpm"] + (["--steps", args.reference_steps] if args.reference_steps else []))]
+        cells = [] if args.no_reference else [
+            ("ddpm", None, ["--sampler", "ddpm"] + (["--steps", args.reference_steps] if args.reference_steps else []))]
         cells += [(s, k, ["--sampler", s, "--nfe", k]) for s in samplers for k in nfes]
         for sampler, nfe, flags in cells:
             key = f"{mode} | {sampler} | {nfe if nfe is not None else 'reference'}"
@@ -108,12 +110,16 @@ def main() -> None:
             seconds = sample(args, out, flags + guide)
             metrics = evaluate(args, ref, out)
             results["cells"][key] = {"mode": mode, "sampler": sampler, "nfe": nfe, "seconds": seconds, **metrics}
+            if nfe is None:
+                results["cells"][key]["reference_steps"] = args.reference_steps
             results_path.write_text(json.dumps(results, indent=2) + "\n")
             print(key, {k: metrics.get(k) for k in ("fid", "precision", "recall")}, flush=True)
     report(results, args.out, nfes, samplers)
 
 
 def report(results: dict, out: Path, nfes: list[int], samplers: list[str]) -> None:
+    """table.md and fid_vs_nfe.png from every cell in results (run again with the full lists to redraw)."""
+
     cells = results["cells"].values()
     by_mode: dict[str, list[dict]] = {}
     for c in cells:
@@ -122,6 +128,7 @@ def report(results: dict, out: Path, nfes: list[int], samplers: list[str]) -> No
     panels = []
     for mode, rows in by_mode.items():
         ref = next((r for r in rows if r["nfe"] is None), None)
+        ref_label = f"DDPM, {ref['reference_steps']} steps" if ref and ref.get("reference_steps") else "DDPM, all steps"
         lines += [f"### {mode}", "", "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
                   "|---|" + "---:|" * len(nfes)]
         series = []
@@ -132,10 +139,10 @@ def report(results: dict, out: Path, nfes: list[int], samplers: list[str]) -> No
             xs = [k for k in nfes if k in got]
             series.append(plot.Series(s, xs, [got[k]["fid"] for k in xs], color=COLORS.get(s)))
         if ref is not None:
-            lines.append(f"| ddpm, all steps | {ref['fid']:.3f} ({ref['precision']:.2f}/{ref['recall']:.2f}) |")
+            lines.append(f"| {ref_label} | {ref['fid']:.3f} ({ref['precision']:.2f}/{ref['recall']:.2f}) |")
         lines.append("")
         panels.append(plot.Panel(mode, series, ylog=True, ylabel="FID (judge features)", xlabel="network evaluations",
-                                 hlines=[(ref["fid"], "DDPM, all steps")] if ref else [], xticks=nfes))
+                                 hlines=[(ref["fid"], ref_label)] if ref else [], xticks=nfes))
     (out / "table.md").write_text("FID (precision/recall) in the judge's feature space\n\n" + "\n".join(lines))
     if panels:
         plot.line_chart(out / "fid_vs_nfe.png", panels, title="Quality per network evaluation",
