@@ -113,5 +113,5 @@ def describe_steps(options: SampleOptions, schedule: Schedule) -> str:
     how = f" ({options.spacing})" if options.spacing else (f" ({options.respacing})" if options.respacing else "")
     text = f"{options.sampler}, {schedule.num_steps} steps{how}, {nfe_of(options.sampler, schedule.num_steps)} network evaluations per image"
     if options.cfg_scale:
-        text += " (each one forward of a doubled batch)"
+        text += f" (each one forward of a doubled batch), classifier-free guidance {options.cfg_scale:g}"
     return text

@@ -78,7 +78,6 @@ def run_sampling(
         f"{model.kind} model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters) on "
         f"{backend.device} in {backend.precision}; {describe_steps(options, schedule)}"
         + (f", classifier guidance {options.guidance_scale}" if classifier is not None else "")
-        + (f", classifier-free guidance {options.cfg_scale}" if options.cfg_scale else "")
     )
 
     def open_writer() -> SampleWriter:

@@ -117,7 +117,6 @@ def run_upsampling(
         f"super-res model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters), "
         f"{unet.low_res_size}->{unet.image_size} on {backend.device} in {backend.precision}; "
         f"{describe_steps(options, schedule)}"
-        + (f", classifier-free guidance {options.cfg_scale}" if options.cfg_scale else "")
         + f"; {options.num} images from {base.path}"
     )
 
