@@ -125,14 +125,6 @@ class Denoiser:
         self.clip_denoised = clip_denoised
         self.threshold = threshold
 
-    def with_schedule(self, schedule: Schedule) -> Denoiser:
-        """The same denoiser over other steps of the same process (e.g. noise-mode interpolation)."""
-        return Denoiser(
-            self.model_fn, schedule=schedule, config=self.config, labels=self.labels, guidance=self.guidance,
-            grad_fn=self.grad_fn, null_label=self.null_label, clip_denoised=self.clip_denoised,
-            threshold=self.threshold,
-        )
-
     def network(self, x: Tensor, model_t: Tensor, active: Tensor | None) -> Tensor:
         """The network output at (x_t, t), with classifier-free guidance where `active` (B,) is True."""
         y = self.labels

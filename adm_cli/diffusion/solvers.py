@@ -161,10 +161,10 @@ def _unipc_terms(history: History, h: float, order: int) -> tuple[list[float], l
 
 def unipc_predict(x: Tensor, history: History, *, sigma_s: float, alpha_t: float, sigma_t: float, lam_t: float,
                   order: int) -> Tensor:
-    """UniP-bh2: x_t = σ_t/σ_s x_s - α_t (e^{-h} - 1) x̂_0(s) - α_t B(h) Σ_k ρ^p_k D_k (UniPC Alg. 2)."""
-    lam_s, x0_s = history[-1]
-    h = lam_t - lam_s
-    x_t = (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * x0_s
+    """UniP-bh2: x_t = σ_t/σ_s x_s - α_t (e^{-h} - 1) x̂_0(s) - α_t B(h) Σ_k ρ^p_k D_k (UniPC Alg. 2);
+    the first two terms are the first-order DPM-Solver++ step."""
+    h = lam_t - history[-1][0]
+    x_t = dpmpp_step(x, history, sigma_s=sigma_s, alpha_t=alpha_t, sigma_t=sigma_t, lam_t=lam_t, order=1)
     if order == 1:
         return x_t
     rks, d1s = _unipc_terms(history, h, order)
@@ -183,7 +183,7 @@ def unipc_correct(x_s: Tensor, history: History, x0_t: Tensor, *, sigma_s: float
     h = lam_t - lam_s
     rks, d1s = _unipc_terms(history, h, order)
     b_h, rhos_c, _ = unipc_coefficients(h, rks, order)
-    x_t = (sigma_t / sigma_s) * x_s - (alpha_t * math.expm1(-h)) * x0_s
+    x_t = dpmpp_step(x_s, history, sigma_s=sigma_s, alpha_t=alpha_t, sigma_t=sigma_t, lam_t=lam_t, order=1)
     correction = sum(float(rho) * d for rho, d in zip(rhos_c[:-1], d1s)) + float(rhos_c[-1]) * (x0_t - x0_s)
     return x_t - (alpha_t * b_h) * correction
 
