@@ -401,6 +401,13 @@ PAPER_TRAIN = {
     "upsample128-512": dict(batch_size=256, lr=1e-4),
 }
 TRAIN_PRESETS = tuple(SMALL_PRESETS) + tuple(DIFFUSION_PRESETS)
+DEFAULT_TRAIN_PRESET = "small"
+
+
+def default_training_diffusion() -> DiffusionConfig:
+    """The noise process `adm train-diffusion` uses without options (its default preset's), which
+    `adm train-classifier` also uses without --diffusion, so that the two match by default."""
+    return DiffusionConfig(**SMALL_PRESETS[DEFAULT_TRAIN_PRESET]["diffusion"])
 
 
 def small_attention(image_size: int, channel_mult: tuple[float, ...], *, lowest_only: bool) -> tuple[int, ...]:

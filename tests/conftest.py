@@ -50,9 +50,11 @@ def write_unet(path: Path, unet: UNetConfig = TINY_UNET, diffusion: DiffusionCon
     return path
 
 
-def write_classifier(path: Path, config: ClassifierConfig = TINY_CLASSIFIER) -> Path:
+def write_classifier(
+    path: Path, config: ClassifierConfig = TINY_CLASSIFIER, diffusion: DiffusionConfig = TINY_DIFFUSION
+) -> Path:
     model = randomized(NoisyClassifier(config))
-    save_checkpoint(path, make_payload(kind="classifier", model=model, config=config, diffusion=TINY_DIFFUSION))
+    save_checkpoint(path, make_payload(kind="classifier", model=model, config=config, diffusion=diffusion))
     return path
 
 

@@ -8,8 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from adm_cli.cli.app import app
-from adm_cli.config import ClassifierConfig
-from tests.conftest import TINY_CLASSIFIER, write_classifier
+from adm_cli.config import ClassifierConfig, DiffusionConfig
+from tests.conftest import TINY_CLASSIFIER, TINY_DIFFUSION, write_classifier
 
 runner = CliRunner()
 COMMANDS = ["sample", "info", "train-diffusion", "train-classifier", "upsample", "interpolate", "evaluate", "ref-batch"]
@@ -70,7 +70,12 @@ def wrong_classifier(tmp_path_factory):
     root = tmp_path_factory.mktemp("wrong")
     size32 = ClassifierConfig(**{**TINY_CLASSIFIER.to_dict(), "image_size": 32, "attention_resolutions": (16,)})
     classes7 = ClassifierConfig(**{**TINY_CLASSIFIER.to_dict(), "num_classes": 7})
-    return write_classifier(root / "c32.pt", size32), write_classifier(root / "c7.pt", classes7)
+    cosine = DiffusionConfig(**{**TINY_DIFFUSION.to_dict(), "schedule": "cosine"})
+    return (
+        write_classifier(root / "c32.pt", size32),
+        write_classifier(root / "c7.pt", classes7),
+        write_classifier(root / "cosine.pt", diffusion=cosine),
+    )
 
 
 def bad_inputs(models, wrong, tmp):
@@ -83,6 +88,7 @@ def bad_inputs(models, wrong, tmp):
         "classifier as model": (["sample", models["classifier"], "--out", tmp / "a.npz"], "expected diffusion"),
         "classifier size": (["sample", models["unet"], *ok, "--classifier", wrong[0], "--out", tmp / "a.npz"], "32x32"),
         "classifier classes": (["sample", models["unet"], *ok, "--classifier", wrong[1], "--out", tmp / "a.npz"], "7 classes"),
+        "classifier schedule": (["sample", models["unet"], *ok, "--classifier", wrong[2], "--out", tmp / "a.npz"], "cosine 100-step"),
         "impossible respacing": (["sample", models["unet"], "--respacing", "ddim40", "--out", tmp / "a.npz"], "ddim40"),
         "too many steps": (["sample", models["unet"], "--steps", 500, "--out", tmp / "a.npz"], "500"),
         "bad sections": (["sample", models["unet"], "--respacing", "60,60", "--out", tmp / "a.npz"], "--respacing"),
@@ -113,7 +119,7 @@ def bad_inputs(models, wrong, tmp):
 
 
 CASES = [
-    "missing checkpoint", "corrupt checkpoint", "classifier as model", "classifier size", "classifier classes",
+    "missing checkpoint", "corrupt checkpoint", "classifier as model", "classifier size", "classifier classes", "classifier schedule",
     "impossible respacing", "too many steps", "bad sections", "class out of range", "two step options",
     "bad extension", "unwritable output", "negative num", "cuda missing", "eta with ddpm", "info on junk",
     "guidance without classifier", "unknown sampler", "unknown spacing", "nfe too small", "heun steps too few",

@@ -228,3 +228,18 @@ def test_demo_runs_end_to_end(tmp_path):
     assert load_model(tmp_path / "demo" / "classifier").kind == "classifier"
     assert "grids" in out
     assert "not empty" in adm_fails("demo", "--out", tmp_path / "demo")
+
+
+def test_default_classifier_guides_the_default_model(tmp_path):
+    """Without --diffusion, train-classifier uses train-diffusion's default noise schedule, so the
+    pair guides; a classifier on another schedule is refused (issue 15, item 11)."""
+    small = ["--image-size", "8", "--model-channels", "32", "--batch-size", "4", "--steps", 1, "--quiet"]
+    adm("train-diffusion", DATA, "--out", tmp_path / "d", *small, "--num-res-blocks", "1")
+    clf = ["--model-channels", "32", "--num-res-blocks", "1", "--val-fraction", "0.25", *small]
+    adm("train-classifier", DATA, "--out", tmp_path / "c", *clf)
+    assert load_model(tmp_path / "c").diffusion.schedule == load_model(tmp_path / "d").diffusion.schedule
+    sample = ["sample", tmp_path / "d", "--guidance", 2, "-n", 2, "--ddim", 5, "--quiet"]
+    adm(*sample, "--classifier", tmp_path / "c", "--out", tmp_path / "g.npz")
+    adm("train-classifier", DATA, "--out", tmp_path / "lin", *clf, "--schedule", "linear")
+    assert "noise schedule" in adm_fails(*sample, "--classifier", tmp_path / "lin", "--out", tmp_path / "h.npz")
+    assert not (tmp_path / "h.npz").exists()

@@ -12,7 +12,7 @@ from adm_cli.backend import torchrun_env
 from adm_cli.checkpoint import load_model
 from adm_cli.cli import options as o
 from adm_cli.cli.errors import UserError, check_writable, user_errors
-from adm_cli.config import TRAIN_PRESETS, DiffusionConfig
+from adm_cli.config import DEFAULT_TRAIN_PRESET, TRAIN_PRESETS, DiffusionConfig, default_training_diffusion
 from adm_cli.reporting import Reporter, stdout_line
 from adm_cli.train.loop import RunOptions
 from adm_cli.train.session import DataSpec, build_classifier_configs, build_diffusion_configs, run_training
@@ -192,7 +192,7 @@ def train_diffusion(
     ctx: typer.Context,
     out: Out,
     data: Data = None,
-    preset: Annotated[str, typer.Option("--preset", help=f"starting configuration: {', '.join(TRAIN_PRESETS)}")] = "small",
+    preset: Annotated[str, typer.Option("--preset", help=f"starting configuration: {', '.join(TRAIN_PRESETS)}")] = DEFAULT_TRAIN_PRESET,
     class_cond: Annotated[Optional[bool], typer.Option("--class-cond/--no-class-cond", help="condition on labels (default: when the data has labels)", rich_help_panel=ARCH)] = None,
     model_channels: Annotated[Optional[int], typer.Option("--model-channels", help="base width", rich_help_panel=ARCH)] = None,
     num_res_blocks: Annotated[Optional[int], typer.Option("--num-res-blocks", help="res blocks per resolution", rich_help_panel=ARCH)] = None,
@@ -280,8 +280,8 @@ def train_classifier(
     out: Out,
     data: Data = None,
     diffusion: Annotated[Optional[Path], typer.Option("--diffusion", help="diffusion checkpoint or run directory whose schedule the classifier must match", rich_help_panel=ARCH)] = None,
-    schedule: Annotated[Optional[o.ScheduleChoice], typer.Option("--schedule", help="noise schedule (without --diffusion)", rich_help_panel=ARCH)] = None,
-    diffusion_steps: Annotated[Optional[int], typer.Option("--diffusion-steps", help="T (without --diffusion)", rich_help_panel=ARCH)] = None,
+    schedule: Annotated[Optional[o.ScheduleChoice], typer.Option("--schedule", help="noise schedule (without --diffusion; default: train-diffusion's, cosine)", rich_help_panel=ARCH)] = None,
+    diffusion_steps: Annotated[Optional[int], typer.Option("--diffusion-steps", help="T (without --diffusion; default 1000)", rich_help_panel=ARCH)] = None,
     clean: Annotated[bool, typer.Option("--clean", help="train on clean images (t = 0), e.g. to judge samples", rich_help_panel=ARCH)] = False,
     model_channels: Annotated[Optional[int], typer.Option("--model-channels", help="classifier width (default 128)", rich_help_panel=ARCH)] = None,
     num_res_blocks: Annotated[Optional[int], typer.Option("--num-res-blocks", help="classifier depth (default 2)", rich_help_panel=ARCH)] = None,
@@ -332,7 +332,10 @@ def train_classifier(
         diff_config = loaded.diffusion
         size_hint = loaded.config.image_size
     else:
-        diff_config = DiffusionConfig(steps=diffusion_steps or 1000, schedule=(schedule.value if schedule else "linear"))
+        default = default_training_diffusion()
+        diff_config = DiffusionConfig(
+            steps=diffusion_steps or default.steps, schedule=schedule.value if schedule else default.schedule
+        )
         size_hint = None
     classifier = {
         "model_channels": model_channels, "num_res_blocks": num_res_blocks,

@@ -44,6 +44,7 @@ def check_compatible(model: Loaded, classifier: Loaded | None, options: SampleOp
         if n_classes is not None and clf.num_classes != n_classes:
             raise GenerateError(f"classifier has {clf.num_classes} classes, the model {n_classes}")
         n_classes = clf.num_classes
+        _check_same_noise(model, classifier)
     elif options.guidance_scale != 0:
         raise GenerateError("--guidance needs --classifier CKPT")
     if options.cfg_scale != 0 and not unet.null_class:
@@ -57,6 +58,19 @@ def check_compatible(model: Loaded, classifier: Loaded | None, options: SampleOp
             raise GenerateError(f"--class {options.class_label} is out of range [0, {n_classes - 1}]")
     assert model.diffusion is not None
     sampling_schedule(model, options)
+
+
+def _check_same_noise(model: Loaded, classifier: Loaded) -> None:
+    """A noise-aware classifier guides with the gradient at the noise level it learned for each t:
+    on another schedule (or T) those levels are wrong and guidance silently degrades."""
+    ours, theirs = model.diffusion, classifier.diffusion
+    if ours is None or theirs is None:  # OpenAI's bare state dicts say nothing: trust the user
+        return
+    if (theirs.schedule, theirs.steps) != (ours.schedule, ours.steps):
+        raise GenerateError(
+            f"the classifier was trained on the {theirs.schedule} {theirs.steps}-step noise schedule, the model uses "
+            f"{ours.schedule} {ours.steps}; train the classifier with --diffusion {model.path}"
+        )
 
 
 def sampling_schedule(model: Loaded, options: SampleOptions) -> Schedule:
