@@ -8,6 +8,12 @@ An adm checkpoint is one `torch.save`d dict of plain types and tensors, loadable
     config: {"unet": {...}, "diffusion": {...}}  or  {"classifier": {...}, "diffusion": {...}}
     model: state dict, ema: {rate (str): state dict}, step: int
     optimizer / scaler / rng: training state (written by training; ignored for sampling)
+    digest: {section: "sha256:<hex>"} over the tensors of `model`, each `ema/RATE` and the
+        training state (see `tensor_digest`); loading for sampling verifies the weights it uses,
+        resuming verifies all; files written before it existed have none and load unchecked
+
+`save_checkpoint` writes to a temporary name, flushes it to disk and renames it, so a kill or a
+full disk never leaves a half-written checkpoint nor touches the previous one.
 
 OpenAI's published files are bare state dicts. Their structure (width, levels, blocks, classes,
 learned σ, up/down blocks, attention levels, super-resolution input) is read from the parameter
@@ -20,13 +26,15 @@ comparing all parameter shapes.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,10 +48,12 @@ from adm_cli.config import (
     DiffusionConfig,
     UNetConfig,
 )
+from adm_cli.files import fsync_dir
 from adm_cli.nn import NoisyClassifier, build_unet
 
 FORMAT = "adm-checkpoint"
 FORMAT_VERSION = 1
+DIGEST_KEY = "digest"
 Kind = Literal["diffusion", "super-res", "classifier"]
 
 # Overrides a user may give for what a bare state dict's shapes cannot tell.
@@ -77,15 +87,116 @@ class Loaded:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
+    """Write atomically: a temporary file in the same folder, flushed to disk, then renamed.
+
+    An adm payload gets its tensor digest here. Any failure (a full disk above all) removes the
+    temporary file, leaves whatever `path` held before untouched, and is one CheckpointError line.
+    """
     path = Path(path)
+    if payload.get("format") == FORMAT:
+        payload = {**{k: v for k, v in payload.items() if k != DIGEST_KEY}, DIGEST_KEY: tensor_digest(payload)}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {write_failure(e)}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_failure(e: BaseException) -> str:
+    """A short reason for a failed write; torch.save hides the OSError (errno) of a full disk
+    inside its RuntimeError ("unexpected pos ..."), so the exception chain is searched."""
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno is not None:
+            if seen.errno == errno.ENOSPC:
+                return "no space left on device"
+            if seen.errno == errno.EDQUOT:
+                return "disk quota exceeded"
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(e).strip().splitlines()
+    return text[0][:160] if text else type(e).__name__
+
+
+def _tensors(value: Any, name: str = ""):
+    """(name, tensor) for every tensor in a nested dict/list payload, in a fixed order (dict keys
+    sorted, so the digest does not depend on insertion order)."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, Mapping):
+        for key in sorted(value, key=repr):
+            yield from _tensors(value[key], f"{name}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{name}/{i}")
+
+
+def _sections(payload: Mapping[str, Any]):
+    """(name, value) for the parts a digest covers separately: each top-level entry, and each EMA
+    rate on its own, so that sampling checks only the weights it loads."""
+    for key in sorted(payload):
+        if key == DIGEST_KEY:
+            continue
+        value = payload[key]
+        if key == "ema" and isinstance(value, Mapping):
+            for rate in sorted(value):
+                yield f"ema/{rate}", value[rate]
+        else:
+            yield key, value
+
+
+def _sha256(value: Any, name: str) -> str | None:
+    """SHA-256 over every tensor in `value`: each one's name, dtype, shape and bytes (None when
+    it holds no tensor). ~1.4 GB/s here."""
+    h, count = hashlib.sha256(), 0
+    for tname, tensor in _tensors(value, name):
+        t = tensor.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        h.update(f"{tname}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.numel():
+            h.update(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+        count += 1
+    return "sha256:" + h.hexdigest() if count else None
+
+
+def tensor_digest(payload: Mapping[str, Any]) -> dict[str, str]:
+    """{section: SHA-256} over every tensor of a checkpoint payload (except the digest itself):
+    `model`, each `ema/RATE`, `train_state`, ... Catches flipped bytes in the weights, which
+    torch.load does not (it checks no CRC)."""
+    digests = {name: _sha256(value, name) for name, value in _sections(payload)}
+    return {name: d for name, d in digests.items() if d is not None}
+
+
+def verify_digest(path: Path, data: Mapping[str, Any], sections: Sequence[str] | None = None) -> None:
+    """Raise CheckpointError when a stored digest does not match the tensors of `sections` (None:
+    every section, and no section may be missing or added). No digest: nothing to check, as in
+    checkpoints written before adm stored one, and OpenAI's bare state dicts."""
+    stored = data.get(DIGEST_KEY)
+    if stored is None or data.get("format") != FORMAT:
+        return
+    if not isinstance(stored, Mapping) or not all(isinstance(v, str) for v in stored.values()):
+        raise CheckpointError(f"{path}: corrupt checkpoint (unreadable digest field)")
+    parts = dict(_sections(data))
+    if sections is None:
+        mismatch = tensor_digest(data) != dict(stored)
+    else:
+        mismatch = any(n not in stored or n not in parts or _sha256(parts[n], n) != stored[n] for n in sections)
+    if mismatch:
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint: its tensors do not match the checksum stored in it "
+            "(damaged on disk or in a copy); use another checkpoint"
+        )
 
 
 def make_payload(
@@ -118,19 +229,78 @@ def make_payload(
 # --------------------------------------------------------------------------- loading
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load with weights_only=True, turning every failure into one CheckpointError line."""
+def read_checkpoint(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """torch.load with weights_only=True, turning every failure into one CheckpointError line;
+    an adm checkpoint's tensor digest is verified whole (unless `verify` is False: the caller
+    verifies the sections it uses)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first[:160]})") from None
+        with warnings.catch_warnings():  # PyTorch's aside on pickle protocols is no news to a user
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():
+            found = _pickled_objects(path)
+            if found is not None:  # a well-formed pickle of Python objects, not garbage bytes
+                raise CheckpointError(_unsafe_message(path, found)) from None
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (not a pickle of tensors)") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
+    if verify:
+        verify_digest(path, data)
     return data
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+_SAFE_MODULES = ("torch", "collections", "numpy", "_codecs")
+
+
+def _pickled_objects(path: Path) -> list[str] | None:
+    """The globals (module.name) a pickle in `path` refers to, read with pickletools (which
+    executes nothing); None when it is not a well-formed pickle. Those from torch and the few
+    modules a checkpoint may use come last."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return None
+                raw = z.read(name)
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(1 << 26)
+        found: list[str] = []
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(raw):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - any parse failure: not a pickle
+        return None
+    return sorted(found, key=lambda g: g.split(".")[0] in _SAFE_MODULES)
+
+
+def _unsafe_message(path: Path, found: list[str]) -> str:
+    """PyTorch's refusal is a long how-to-bypass text; say plainly what the file is."""
+    what = f" (e.g. {found[0]})" if found else ""
+    return (
+        f"{path}: not a safe checkpoint: it holds Python objects{what} that weights_only loading "
+        "refuses to run; adm never executes them"
+    )
 
 
 def load_model(
@@ -146,7 +316,7 @@ def load_model(
     state dict cannot tell. `expect` restricts the accepted kinds.
     """
     path = resolve_checkpoint(path)
-    data = read_checkpoint(path)
+    data = read_checkpoint(path, verify=False)  # _load_adm verifies the weights it takes
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if data.get("format") == FORMAT:
         loaded = _load_adm(path, data, weights=weights, overrides=overrides)
@@ -209,9 +379,11 @@ def _load_adm(path: Path, data: dict[str, Any], *, weights: str, overrides: Mapp
             raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r}")
     except (ConfigError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: invalid stored config ({e})") from None
-    state = data.get("model")
+    state, section = data.get("model"), "model"
     if weights == "ema" and data.get("ema"):
-        state = next(iter(data["ema"].values()))  # the first (slowest) EMA rate
+        rate = next(iter(data["ema"]))  # the first (slowest) EMA rate
+        state, section = data["ema"][rate], f"ema/{rate}"
+    verify_digest(path, data, [section])
     model = _build(config, device="meta")
     _load_weights(path, model, state)
     return Loaded(kind, model, config, diffusion, data.get("step"), "adm", None, path)

@@ -27,6 +27,9 @@ Examples:
 
   adm train-diffusion --out runs/faces --resume --steps 400000      # continue, same settings
 
+--resume keeps the run's options (--steps, --log-every, --save-every, --preview-every, --keep, ...)
+unless given again. One process at a time trains a run directory.
+
   torchrun --nproc-per-node 8 -m adm_cli train-diffusion imagenet/ --out runs/in64 \\
       --preset imagenet64 --batch-size 2048 --microbatch 64 --precision bf16
 
@@ -88,7 +91,7 @@ Data = Annotated[Optional[str], typer.Argument(help="image folder, .npz, .h5, ID
 Out = Annotated[Path, typer.Option("--out", "-o", help="run directory (created; must be new unless --resume)")]
 Resume = Annotated[bool, typer.Option("--resume", help="continue the run in --out with its stored settings", rich_help_panel=RUN)]
 Steps = Annotated[Optional[int], typer.Option("--steps", help="stop at this total step count", rich_help_panel=RUN)]
-Minutes = Annotated[Optional[float], typer.Option("--minutes", help="stop after this many minutes (this invocation)", rich_help_panel=RUN)]
+Minutes = Annotated[Optional[float], typer.Option("--minutes", help="stop after this many minutes (this invocation)", rich_help_panel=RUN, callback=o.positive_number)]
 SaveEvery = Annotated[int, typer.Option("--save-every", help="checkpoint every N steps", rich_help_panel=RUN)]
 SaveMinutes = Annotated[float, typer.Option("--save-minutes", help="...and at least every M minutes", rich_help_panel=RUN)]
 LogEvery = Annotated[int, typer.Option("--log-every", help="metrics.jsonl line every N steps", rich_help_panel=RUN)]
@@ -106,7 +109,7 @@ GradClip = Annotated[Optional[float], typer.Option("--grad-clip", help="clip the
 Ema = Annotated[Optional[str], typer.Option("--ema", help="EMA rate(s), comma-separated; the first is used for sampling", rich_help_panel=OPT)]
 EmaWarmup = Annotated[Optional[bool], typer.Option("--ema-warmup/--no-ema-warmup", help="EMA rate min(r, (1+n)/(10+n)); off = guided-diffusion", rich_help_panel=OPT)]
 TrainPrecision = Annotated[Optional[str], typer.Option("--precision", help="fp32 (reference-exact), bf16 or fp16 (dynamic loss scaling); default bf16 on GPUs that have it", rich_help_panel=OPT)]
-TrainSeed = Annotated[Optional[int], typer.Option("--seed", help="data order, noise and t", rich_help_panel=OPT)]
+TrainSeed = Annotated[Optional[int], typer.Option("--seed", help="data order, noise and t", rich_help_panel=OPT, callback=o.seed)]
 Flip = Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="random horizontal flips", rich_help_panel=OPT)]
 
 
@@ -159,6 +162,17 @@ def _run_options(steps, minutes, save_every, save_minutes, log_every, keep, **ex
 # What a resumed run may change: how long and how it runs, not what it trains.
 RESUMABLE = {"data", "out", "resume", "steps", "minutes", "save_every", "save_minutes", "log_every", "keep",
              "preview_every", "preview_images", "eval_every", "device", "compile", "quiet"}
+
+
+def _explicit(ctx: typer.Context) -> set[str]:
+    """The run options given on the command line (a resume keeps run.json's values of the rest)."""
+    names = ("steps", "save_every", "save_minutes", "log_every", "keep", "preview_every", "preview_images", "eval_every")
+    given = set()
+    for name in names:
+        source = ctx.get_parameter_source(name) if name in ctx.params else None
+        if source is not None and source.name == "COMMANDLINE":
+            given.add(name)
+    return given
 
 
 def _check_resume_flags(ctx: typer.Context, resume: bool) -> None:
@@ -269,7 +283,7 @@ def train_diffusion(
         "diffusion", out, data_spec=data_spec, make_configs=make_configs,
         options=_run_options(steps, minutes, save_every, save_minutes, log_every, keep, preview_every=preview_every),
         device=device, compile=compile, reporter=reporter, resume=resume, command=o.command_line(ctx),
-        preview_images=preview_images,
+        preview_images=preview_images, explicit=_explicit(ctx),
     )
     _report(summary, out, reporter)
 
@@ -357,6 +371,6 @@ def train_classifier(
         "classifier", out, data_spec=data_spec, make_configs=make_configs,
         options=_run_options(steps, minutes, save_every, save_minutes, log_every, keep, eval_every=eval_every),
         device=device, compile=compile, reporter=reporter, resume=resume, command=o.command_line(ctx),
-        val_fraction=val_fraction,
+        val_fraction=val_fraction, explicit=_explicit(ctx),
     )
     _report(summary, out, reporter)

@@ -20,14 +20,14 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from adm_cli.backend import Backend, Dist, seeded_global_rng
-from adm_cli.checkpoint import make_payload, read_checkpoint, save_checkpoint
+from adm_cli.checkpoint import CheckpointError, make_payload, read_checkpoint, save_checkpoint
 from adm_cli.config import ClassifierConfig, DiffusionConfig, TrainConfig, UNetConfig
 from adm_cli.data.batches import BatchLoader, to_model_input
 from adm_cli.data.datasets import ImageData
@@ -35,7 +35,7 @@ from adm_cli.data.images import save_grid
 from adm_cli.reporting import Reporter
 from adm_cli.train.metrics import Meter
 from adm_cli.train.optim import LossScaler, ema_rate_at, grad_norm, learning_rate, make_optimizer, update_ema
-from adm_cli.train.run_dir import RunDir
+from adm_cli.train.run_dir import RunDir, RunDirError, os_reason
 
 __all__ = ["RunOptions", "Task", "TrainError", "mix_seed", "train"]
 
@@ -181,8 +181,10 @@ def train(
     dist: Dist,
     reporter: Reporter,
     resume: bool,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Train until the stop criterion; returns a summary (final step, checkpoint path, last metrics)."""
+    """Train until the stop criterion; returns a summary (final step, checkpoint path, last metrics).
+    `on_start` runs on the main process once a resumed checkpoint has loaded (before step one)."""
     device = backend.device
     global_batch = config.batch_size
     if global_batch % dist.world_size:
@@ -201,9 +203,8 @@ def train(
     step, elapsed_before = 0, 0.0
 
     if resume:
-        path = run.latest_checkpoint()
+        state, path, bad = _newest_usable_checkpoint(run, model, config)
         if path is not None:
-            state = read_checkpoint(path)
             model.load_state_dict(state["model"])
             names = [n for n, _ in model.named_parameters()]
             for rate in config.ema_rates:
@@ -214,11 +215,23 @@ def train(
             scaler.load_state_dict(ts["scaler"])
             task.load_state_dict(ts["task"])
             step, elapsed_before = int(state["step"]), float(ts.get("elapsed", 0.0))
+            del state
+        if dist.world_size > 1:
+            import torch.distributed as tdist
+
+            tdist.barrier()  # every process has read its checkpoint before one is set aside
+        for skipped_path, reason in bad:
+            if dist.is_main:
+                aside = run.set_aside(skipped_path)
+                reporter.warn(f"skipped {skipped_path.name}: {reason}; renamed it to {aside.name}, resuming from {path.name}")
+        if path is not None:
             reporter.info(f"resuming {run.root} from step {step} ({path.name})")
         else:
             reporter.info(f"resuming {run.root}: no checkpoint yet, starting at step 0")
         if dist.is_main:
             run.truncate_metrics(step)
+    if on_start is not None and dist.is_main:
+        on_start()
 
     net: nn.Module = model
     if dist.world_size > 1:
@@ -249,8 +262,12 @@ def train(
             },
         )
         path = run.checkpoint_path(at)
-        save_checkpoint(path, payload)
-        run.prune(options.keep)
+        try:
+            save_checkpoint(path, payload)
+        except CheckpointError as e:
+            kept = run.latest_checkpoint()
+            raise TrainError(f"{e}; {'kept the last good checkpoint ' + kept.name if kept else 'no checkpoint saved yet'}") from None
+        run.prune(options.keep)  # only now that the new checkpoint is on disk
         return str(path)
 
     def write_preview(at: int) -> None:
@@ -262,7 +279,11 @@ def train(
         torch._foreach_copy_(list(preview_model.parameters()), emas[config.ema_rates[0]])
         shown = task.preview(preview_model, at)
         if shown is not None:
-            save_grid(shown[0], run.preview_path(at), nrow=shown[1])
+            target = run.preview_path(at)
+            try:
+                save_grid(shown[0], target, nrow=shown[1])
+            except OSError as e:
+                raise RunDirError(f"cannot write {target}: {os_reason(e)}") from None
 
     meter = Meter(task.num_timesteps)
     started = time.monotonic()
@@ -375,6 +396,46 @@ def train(
         "metrics": last_metrics,
         "stopped_by": stopped_by,
     }
+
+
+def _newest_usable_checkpoint(run: RunDir, model: nn.Module, config: TrainConfig):
+    """(state, path, [(skipped path, why)]): the newest checkpoint of the run that loads whole
+    (readable, digest intact, full training state for this model), and the newer ones that did
+    not. (None, None, []) when the run has no checkpoint; RunDirError when none loads."""
+    bad: list[tuple[Any, str]] = []
+    names = {n for n, _ in model.named_parameters()}
+    own = model.state_dict()
+    for step in reversed(run.checkpoint_steps()):
+        path = run.checkpoint_path(step)
+        try:
+            state = read_checkpoint(path)
+            why = _unusable(state, own, names, config)
+        except CheckpointError as e:
+            text = str(e)
+            why = text[len(str(path)) + 2 :] if text.startswith(f"{path}: ") else text
+        if why is None:
+            return state, path, bad
+        bad.append((path, why))
+    if bad:
+        listed = "; ".join(f"{p.name}: {why}" for p, why in bad)
+        raise RunDirError(f"no usable checkpoint in {run.checkpoints} ({listed})")
+    return None, None, []
+
+
+def _unusable(state: dict[str, Any], own: dict[str, Tensor], names: set[str], config: TrainConfig) -> str | None:
+    """Why a read checkpoint cannot resume this run (None when it can)."""
+    model, ema, ts = state.get("model"), state.get("ema"), state.get("train_state")
+    if not isinstance(model, dict) or not isinstance(ema, dict) or not isinstance(ts, dict) or "step" not in state:
+        return "not a training checkpoint (no training state)"
+    if set(model) != set(own) or any(tuple(model[k].shape) != tuple(own[k].shape) for k in own):
+        return "its weights do not fit the run's model"
+    for rate in config.ema_rates:
+        stored = ema.get(str(rate))
+        if not isinstance(stored, dict) or not names <= set(stored):
+            return f"no EMA weights for rate {rate}"
+    if not all(k in ts for k in ("optimizer", "scaler", "task")):
+        return "incomplete training state"
+    return None
 
 
 def _optional_str(path) -> str | None:

@@ -5,36 +5,56 @@
     RUN/checkpoints/step-NNNNNNNN.pt   self-describing checkpoints with the full training state
     RUN/previews/step-NNNNNNNN.png     sample grids from the EMA weights
 
+    RUN/.lock                held (flock) by the process training the run; a second one is refused
+    RUN/checkpoints/step-NNNNNNNN.pt.corrupt   a checkpoint a resume found unreadable, set aside
+
 Checkpoints are written to a temporary name and renamed, so a kill never leaves a half-written
-one; only the newest `keep` are kept. A new run refuses a non-empty directory.
+one; only the newest `keep` are kept, and an older one is deleted only after the new one is on
+disk. A new run refuses a non-empty directory. A write that fails (a full disk) is one
+RunDirError line naming the file, and leaves the file as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+from adm_cli.files import FileLock, LockBusy
+
 __all__ = ["RunDir", "RunDirError", "write_json_atomic"]
 
 _CKPT = re.compile(r"^step-(\d{8,})\.pt$")
+LOCK_NAME = ".lock"
 
 
 class RunDirError(ValueError):
     """A run directory that cannot be created or resumed (one-line message)."""
 
 
+def os_reason(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "no space left on device"
+    return e.strerror or str(e)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path}: {os_reason(e)}") from None
 
 
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._lock: FileLock | None = None
 
     @property
     def run_json(self) -> Path:
@@ -60,19 +80,55 @@ class RunDir:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def create(self, description: dict[str, Any]) -> None:
-        """Start a new run; refuses a directory that already holds anything."""
+    def _holds_anything(self) -> bool:
+        return self.root.is_dir() and any(p.name != LOCK_NAME for p in self.root.iterdir())
+
+    def _refuse_if_not_empty(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise RunDirError(f"--out {self.root} exists and is not a directory")
-        if self.root.is_dir() and any(self.root.iterdir()):
+        if self._holds_anything():
             hint = " (pass --resume to continue it)" if self.run_json.exists() else ""
             raise RunDirError(f"--out {self.root} is not empty{hint}; choose a new run directory")
+
+    def lock(self) -> None:
+        """Hold the run for this process (until it exits or `unlock`); another live process
+        holding it is a RunDirError. The kernel drops the lock when the process dies."""
+        if self._lock is not None:
+            return
+        lock = FileLock(self.root / LOCK_NAME)
         try:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            self.previews.mkdir(exist_ok=True)
+            lock.acquire()
+        except LockBusy:
+            raise RunDirError(f"{self.root} is in use by another running process") from None
         except OSError as e:
-            raise RunDirError(f"cannot create run directory {self.root}: {e.strerror}") from None
-        write_json_atomic(self.run_json, description)
+            raise RunDirError(f"cannot lock {self.root}: {os_reason(e)}") from None
+        self._lock = lock
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def create(self, description: dict[str, Any]) -> None:
+        """Start a new run and lock it; refuses a directory that already holds anything (but a
+        lock file left by an earlier attempt)."""
+        self._refuse_if_not_empty()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot create run directory {self.root}: {os_reason(e)}") from None
+        self.lock()
+        try:
+            self._refuse_if_not_empty()  # another process may have started a run here meanwhile
+            try:
+                self.checkpoints.mkdir(exist_ok=True)
+                self.previews.mkdir(exist_ok=True)
+            except OSError as e:
+                raise RunDirError(f"cannot create run directory {self.root}: {os_reason(e)}") from None
+            write_json_atomic(self.run_json, description)
+        except BaseException:
+            self.unlock()
+            raise
 
     def read_description(self) -> dict[str, Any]:
         if not self.run_json.is_file():
@@ -92,16 +148,44 @@ class RunDir:
         return self.checkpoint_path(steps[-1]) if steps else None
 
     def prune(self, keep: int) -> None:
-        """Delete all but the newest `keep` checkpoints."""
+        """Delete all but the newest `keep` checkpoints (called after a new one is on disk)."""
         for step in self.checkpoint_steps()[:-keep] if keep > 0 else []:
             self.checkpoint_path(step).unlink(missing_ok=True)
+
+    def set_aside(self, path: Path) -> Path:
+        """Rename an unreadable checkpoint out of the way (never deleted: it is the user's file)
+        so that it is neither resumed from, pruned, sampled as the newest, nor overwritten."""
+        target = path.with_name(path.name + ".corrupt")
+        n = 1
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{path.name}.corrupt{n}")
+        try:
+            os.replace(path, target)
+        except OSError as e:
+            raise RunDirError(f"cannot rename {path} aside: {os_reason(e)}") from None
+        return target
 
     # ------------------------------------------------------------------ metrics
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
+        """Append one line; a failed write (full disk) is cut back off, so no half line stays."""
+        data = (json.dumps(record, sort_keys=True) + "\n").encode()
+        try:
+            with open(self.metrics, "ab", buffering=0) as f:  # unbuffered: nothing left to flush on close
+                size = f.seek(0, os.SEEK_END)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[f.write(view) :]
+                except OSError:
+                    try:
+                        f.truncate(size)
+                    except OSError:
+                        pass
+                    raise
+        except OSError as e:
+            raise RunDirError(f"cannot write {self.metrics}: {os_reason(e)}") from None
 
     def truncate_metrics(self, step: int) -> None:
         """On resume, drop records past the checkpoint's step (they will be logged again)."""
@@ -112,8 +196,12 @@ class RunDir:
             try:
                 if json.loads(line).get("step", 0) <= step:
                     kept.append(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, AttributeError):
                 continue  # a line cut by a kill
         tmp = self.metrics.with_name(f".{self.metrics.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics)
+        try:
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.metrics)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise RunDirError(f"cannot write {self.metrics}: {os_reason(e)}") from None

@@ -2,7 +2,9 @@
 directory, the data, the backend and torch.distributed, then the loop.
 
 A run directory records everything needed to continue (`run.json`): resuming needs only
-`--out RUN --resume`; the architecture, diffusion and training options are never repeated.
+`--out RUN --resume`; the architecture, diffusion and training options are never repeated, and
+the run options (target steps, log/save/preview cadence, checkpoints kept) are kept too unless
+given again. The run directory is locked while a process trains it (only rank 0 holds the lock).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Collection
 
 from adm_cli.version import __version__
 from adm_cli.backend import Backend, Dist, distributed, distributed_device, make_backend
@@ -20,7 +22,7 @@ from adm_cli.reporting import Reporter
 from adm_cli.train.classifier import ClassifierTask
 from adm_cli.train.diffusion import DiffusionTask
 from adm_cli.train.loop import RunOptions, TrainError, train
-from adm_cli.train.run_dir import RunDir, RunDirError
+from adm_cli.train.run_dir import RunDir, RunDirError, write_json_atomic
 
 __all__ = ["DataSpec", "build_classifier_configs", "build_diffusion_configs", "run_training"]
 
@@ -115,10 +117,70 @@ def build_classifier_configs(
     return config, TrainConfig(**tkw)
 
 
+# Run options stored in run.json and reused by a resume unless given again ("minutes" is per
+# invocation, so not stored).
+STORED_OPTIONS = ("steps", "save_every", "save_minutes", "log_every", "preview_every", "eval_every", "keep")
+
+
+def _stored_options(options: RunOptions, preview_images: int) -> dict[str, Any]:
+    return {**{k: getattr(options, k) for k in STORED_OPTIONS}, "preview_images": preview_images}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _resumed_options(stored: dict[str, Any], options: RunOptions, preview_images: int, explicit: Collection[str] | None,
+                     reporter: Reporter) -> tuple[RunOptions, int, bool]:
+    """The stored options, except those given again on this command line (said on stderr when
+    they change). Returns (options, preview_images, whether run.json needs updating)."""
+    current = _stored_options(options, preview_images)
+    merged = dict(current)
+    changed = False
+    for name, value in current.items():
+        if name not in stored:
+            changed = True  # a run.json from before options were stored: record this run's
+            continue
+        if explicit is None or name in explicit:
+            if stored[name] != value:
+                reporter.info(f"resuming with {_flag(name)} {value} (the run had {stored[name]}; kept for later resumes)")
+                changed = True
+        else:
+            merged[name] = stored[name]
+    preview = int(merged.pop("preview_images"))
+    try:
+        options = dataclasses.replace(options, **merged)
+    except TypeError as e:
+        raise RunDirError(f"run.json: invalid stored run options ({e})") from None
+    return options, preview, changed
+
+
+def _on_main(dist: Dist, action: Callable[[], None]) -> None:
+    """Run `action` on rank 0 only; under torchrun, the other ranks learn whether it failed
+    (so a refused run stops every process instead of leaving them waiting at a barrier)."""
+    error: BaseException | None = None
+    if dist.is_main:
+        try:
+            action()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            error = e
+    if dist.world_size > 1:
+        import torch
+        import torch.distributed as tdist
+
+        flag = torch.tensor([1.0 if error is not None else 0.0])
+        tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+        if flag.item() > 0 and error is None:
+            raise RunDirError(f"process 0 could not start the run (see its error); process {dist.rank} stops too")
+    if error is not None:
+        raise error
+
+
 def _description(kind: str, data_spec: DataSpec, data: ImageData, configs: dict[str, Any], command: str,
-                 val_fraction: float) -> dict[str, Any]:
+                 val_fraction: float, options: dict[str, Any]) -> dict[str, Any]:
     return {
         "kind": kind,
+        "options": options,
         "val_fraction": val_fraction,
         "adm_version": __version__,
         "command": command,
@@ -142,46 +204,61 @@ def run_training(
     command: str,
     val_fraction: float = 0.0,
     preview_images: int = 16,
+    explicit: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Create (or resume) the run directory, build the task and train. `make_configs(data)`
-    returns the configs dict stored in run.json for a new run: {"unet"/"classifier", "diffusion", "train"}."""
+    returns the configs dict stored in run.json for a new run: {"unet"/"classifier", "diffusion", "train"}.
+    `explicit`: the run options given on the command line (a resume keeps the stored values of
+    the others); None means all of `options` are explicit."""
     run = RunDir(out)
-    with distributed(make_backend(device, "fp32").device) as dist:
-        if resume:
-            description = run.read_description()
-            if description.get("kind") != kind:
-                raise RunDirError(f"{run.root} is a {description.get('kind')} run, not {kind}")
-            stored = DataSpec(**{k: description["data"][k] for k in ("path", "image_size", "channels", "labels", "split")})
-            if data_spec is not None and Path(data_spec.path).resolve() != Path(stored.path).resolve():
-                reporter.warn(f"resuming with data {data_spec.path} (the run started with {stored.path})")
-                stored = dataclasses.replace(stored, path=data_spec.path)
-            data = stored.open()
-            configs = description["config"]
-            expected = description["data"]
-            if (data.image_size, data.channels, data.num_classes) != (expected["image_size"], expected["channels"], expected["num_classes"]):
-                raise RunDirError("the data no longer matches the run (image size, channels or classes changed)")
-            data_spec = stored
-            val_fraction = float(description.get("val_fraction", val_fraction))  # the same hold-out as before
-        else:
-            if data_spec is None:
-                raise TrainError("give the training data (DATA), or --resume an existing run")
-            data = data_spec.open()
-            configs = make_configs(data)
-            if dist.is_main:
-                run.create(_description(kind, data_spec, data, configs, command, val_fraction))
-        if dist.world_size > 1:
-            import torch.distributed as tdist
+    on_start = None
+    try:
+        with distributed(make_backend(device, "fp32").device) as dist:
+            if resume:
+                description = run.read_description()
+                if description.get("kind") != kind:
+                    raise RunDirError(f"{run.root} is a {description.get('kind')} run, not {kind}")
+                _on_main(dist, run.lock)  # before anything in the run is read for training or touched
+                description = run.read_description()  # as left by the process that held it last
+                stored_options = description.get("options") or {}
+                options, preview_images, update = _resumed_options(stored_options, options, preview_images, explicit, reporter)
+                stored = DataSpec(**{k: description["data"][k] for k in ("path", "image_size", "channels", "labels", "split")})
+                if data_spec is not None and Path(data_spec.path).resolve() != Path(stored.path).resolve():
+                    reporter.warn(f"resuming with data {data_spec.path} (the run started with {stored.path})")
+                    stored = dataclasses.replace(stored, path=data_spec.path)
+                data = stored.open()
+                configs = description["config"]
+                expected = description["data"]
+                if (data.image_size, data.channels, data.num_classes) != (expected["image_size"], expected["channels"], expected["num_classes"]):
+                    raise RunDirError("the data no longer matches the run (image size, channels or classes changed)")
+                data_spec = stored
+                val_fraction = float(description.get("val_fraction", val_fraction))  # the same hold-out as before
+                if update:
+                    updated = {**description, "options": _stored_options(options, preview_images)}
+                    on_start = lambda: write_json_atomic(run.run_json, updated)  # noqa: E731 - once the resume is sure to go ahead
+            else:
+                if data_spec is None:
+                    raise TrainError("give the training data (DATA), or --resume an existing run")
+                data = data_spec.open()
+                configs = make_configs(data)
+                description = _description(kind, data_spec, data, configs, command, val_fraction,
+                                           _stored_options(options, preview_images))
+                _on_main(dist, lambda: run.create(description))
+            if dist.world_size > 1:
+                import torch.distributed as tdist
 
-            tdist.barrier()
-        train_config = TrainConfig.from_dict(configs["train"])
-        backend = distributed_device(make_backend(device, train_config.precision, compile=compile), dist)
-        val = None
-        if kind == "classifier" and val_fraction > 0:
-            data, val = split_holdout(data, val_fraction, seed=train_config.seed)
-        task = _make_task(kind, configs, train_config, backend, dist, data, val, preview_images)
-        reporter.info(_summary(kind, run, data, task, train_config, backend, dist))
-        return train(task, data=data, config=train_config, options=options, run=run, backend=backend,
-                     dist=dist, reporter=reporter, resume=resume)
+                tdist.barrier()
+            train_config = TrainConfig.from_dict(configs["train"])
+            backend = distributed_device(make_backend(device, train_config.precision, compile=compile), dist)
+            val = None
+            if kind == "classifier" and val_fraction > 0:
+                data, val = split_holdout(data, val_fraction, seed=train_config.seed)
+            task = _make_task(kind, configs, train_config, backend, dist, data, val, preview_images)
+            reporter.info(_summary(kind, run, data, task, train_config, backend, dist))
+            return train(task, data=data, config=train_config, options=options, run=run, backend=backend,
+                         dist=dist, reporter=reporter, resume=resume, on_start=on_start)
+    finally:
+        run.unlock()
 
 
 def _make_task(kind: str, configs: dict[str, Any], train_config: TrainConfig, backend: Backend, dist: Dist,
