@@ -1,6 +1,9 @@
-"""Progress and messages on stderr (rich, silent when stderr is not a terminal or with quiet).
+"""Progress and messages on stderr, through rich.
 
-The library reports through a `Reporter`; only this module knows about rich.
+Messages (`info`) go to stderr whether or not it is a terminal (a log file under nohup or torchrun
+keeps them), one line each, unless quiet; warnings always.  Progress bars are drawn only on a
+terminal, and never when quiet.  The library reports through a `Reporter`; only this module knows
+about rich.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ class Reporter:
         self.show_progress = not quiet and (self.console.is_terminal if force_terminal is None else force_terminal)
 
     def info(self, message: str) -> None:
-        if not self.quiet:
-            self.console.print(message, highlight=False, markup=False)
+        if not self.quiet:  # soft_wrap: one line per message in a log (rich would break it at 80 columns)
+            self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         self.console.print(f"warning: {message}", style="yellow", highlight=False, markup=False, soft_wrap=True)

@@ -35,11 +35,11 @@ and continue with e.g. `adm sample demo/diffusion --classifier demo/classifier -
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for everything the demo makes (must be new)")] = Path("adm-demo"),
-    minutes: Annotated[float, typer.Option("--minutes", help="training budget in minutes (diffusion 75%, classifier 25%)")] = 6.0,
-    image_size: Annotated[int, typer.Option("--image-size", help="side of the built-in shapes")] = 16,
-    guidance: Annotated[float, typer.Option("--guidance", "-s", help="classifier guidance scale for the guided grid")] = 4.0,
-    per_class: Annotated[int, typer.Option("--per-class", help="samples per class in each grid")] = 8,
-    steps: Annotated[int, typer.Option("--steps", help="DDPM steps (respaced) for the grids; the learned variance makes few steps work")] = 100,
+    minutes: Annotated[float, typer.Option("--minutes", help="training budget in minutes (diffusion 75%, classifier 25%)", callback=o.positive_number)] = 6.0,
+    image_size: Annotated[int, typer.Option("--image-size", help="side of the built-in shapes", callback=o.positive)] = 16,
+    guidance: Annotated[float, typer.Option("--guidance", "-s", help="classifier guidance scale for the guided grid", callback=o.finite)] = 4.0,
+    per_class: Annotated[int, typer.Option("--per-class", help="samples per class in each grid", callback=o.count)] = 8,
+    steps: Annotated[int, typer.Option("--steps", help="DDPM steps (respaced) for the grids; the learned variance makes few steps work", callback=o.positive)] = 100,
     device: o.Device = None,
     quiet: o.Quiet = False,
 ) -> None:

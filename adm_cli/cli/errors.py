@@ -46,14 +46,33 @@ def user_errors(fn: F) -> F:
         except (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError, FileExistsError) as e:
             fail(f"{e.filename or ''}: {e.strerror}".lstrip(": "))
         except OSError as e:
-            if e.errno == 28:  # ENOSPC
-                fail(f"no space left on device ({e.filename or ''})")
+            if is_disk_full(e):
+                fail(disk_full_message(e, kwargs.get("out")))
             raise
         except KeyboardInterrupt:
             sys.stderr.write("interrupted; re-run the same command to continue\n")
             raise typer.Exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def is_disk_full(e: OSError) -> bool:
+    """ENOSPC / EDQUOT, also when a library (h5py, zipfile) kept only the text."""
+    import errno
+
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or any(
+        text in str(e).lower() for text in ("no space left on device", "disk quota exceeded")
+    )
+
+
+def disk_full_message(e: OSError, out=None) -> str:
+    """One line naming what could not be written: the error's file, else the command's output."""
+    import errno
+
+    what = "disk quota exceeded" if e.errno == errno.EDQUOT or "quota" in str(e).lower() else "no space left on device"
+    target = e.filename or out
+    where = f" writing {target}" if target else ""
+    return f"{what}{where}; free some space and run the same command again"
 
 
 def check_writable(path) -> None:

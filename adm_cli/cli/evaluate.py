@@ -51,7 +51,7 @@ Resize = Annotated[
 
 BatchSize = Annotated[
     Optional[int],
-    typer.Option("--batch-size", "-b", help="images per Inception pass; features do not depend on it (default 64 on GPUs, 8 on CPUs)", show_default=False),
+    typer.Option("--batch-size", "-b", help="images per Inception pass; features do not depend on it (default 64 on GPUs, 8 on CPUs)", show_default=False, callback=o.positive),
 ]
 
 
@@ -130,10 +130,10 @@ def evaluate(
 def ref_batch(
     images: Annotated[str, typer.Argument(help="data: image folder (recursive), .npz, .h5, MNIST-style IDX, or synthetic[:N]", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="reference batch to write (.npz)", show_default=False)],
-    num: Annotated[int, typer.Option("--num", "-n", help="images stored in arr_0 (a uniform subset; statistics use all)")] = 10000,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="centre-crop and resize to this side, as training does (default: as stored)")] = None,
+    num: Annotated[int, typer.Option("--num", "-n", help="images stored in arr_0 (a uniform subset; statistics use all)", callback=o.count)] = 10000,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="centre-crop and resize to this side, as training does (default: as stored)", callback=o.positive)] = None,
     labels: Annotated[str, typer.Option("--labels", help="folder labels: auto, folder, prefix or none (stored as arr_1)")] = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="which images go into arr_0")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="which images go into arr_0", callback=o.seed)] = 0,
     batch_size: BatchSize = None,
     device: o.Device = None,
     inception_weights: o.InceptionWeights = None,

@@ -4,6 +4,7 @@ streamed resumable output."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated, NamedTuple, Optional
 
@@ -124,15 +125,21 @@ def parse_interval(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
-def check_outputs(out: Path, grid: Path | None) -> None:
-    """A sample file (and grid) that can be written, checked before any model is loaded."""
+def check_outputs(out: Path, grid: Path | None, *, overwrite: bool = False) -> None:
+    """A sample file (and grid) that can be written, checked before any model is loaded: an
+    existing path (a symbolic link too, dangling or not) is replaced only with --overwrite."""
     if out.suffix.lower() not in (".npz", ".h5", ".hdf5"):
         raise UserError(f"--out must end in .npz or .h5, got {out.name}")
     if grid is not None and grid.suffix.lower() != ".png":
         raise UserError(f"--grid must be a .png file, got {grid.name}")
-    check_writable(out)
-    if grid is not None:
-        check_writable(grid)
+    for path in (out, grid):
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            raise UserError(f"{path} is a directory")
+        if os.path.lexists(path) and not overwrite:
+            raise UserError(f"{path} exists; pass --overwrite to replace it")
+        check_writable(path)
 
 
 @user_errors
@@ -140,7 +147,7 @@ def sample(
     ctx: typer.Context,
     checkpoint: o.Checkpoint,
     out: o.SampleOut,
-    num: Annotated[int, typer.Option("--num", "-n", help="number of images")] = 16,
+    num: o.Num = 16,
     batch_size: o.BatchSize = 16,
     ddim: o.Ddim = None,
     steps: o.Steps = None,
@@ -150,11 +157,11 @@ def sample(
     spacing: o.Spacing = None,
     eta: o.Eta = 0.0,
     classifier: Annotated[Optional[Path], typer.Option("--classifier", help="noise-aware classifier checkpoint for guidance")] = None,
-    guidance: Annotated[Optional[float], typer.Option("--guidance", "-s", help="classifier guidance scale s (with --classifier)", show_default="1.0")] = None,
+    guidance: o.Guidance = None,
     cfg_scale: o.CfgScale = 0.0,
     guidance_interval: o.GuidanceInterval = None,
     dynamic_threshold: o.DynamicThreshold = False,
-    class_label: Annotated[Optional[int], typer.Option("--class", help="class of every image (default: random per image)")] = None,
+    class_label: Annotated[Optional[int], typer.Option("--class", help="class of every image (default: random per image)", callback=o.non_negative_int)] = None,
     seed: o.Seed = 0,
     grid: o.Grid = None,
     no_clip: o.NoClip = False,
@@ -172,7 +179,7 @@ def sample(
     diffusion_steps: o.DiffusionSteps = None,
 ) -> None:
     """Sample images from a diffusion model (adm or guided-diffusion checkpoint) into a sample file."""
-    check_outputs(out, grid)
+    check_outputs(out, grid, overwrite=overwrite)
     if guidance is not None and classifier is None:
         raise UserError("--guidance needs --classifier CKPT (for classifier-free guidance use --cfg-scale)")
     guidance = 1.0 if guidance is None else guidance

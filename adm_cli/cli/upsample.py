@@ -37,7 +37,7 @@ def upsample(
     checkpoint: o.Checkpoint,
     base: Annotated[Path, typer.Option("--base", help="base batch to upsample (.npz / .h5 from adm sample, or an image folder)", show_default=False)],
     out: o.SampleOut,
-    num: Annotated[Optional[int], typer.Option("--num", "-n", help="upsample the first N base images (default: all)")] = None,
+    num: Annotated[Optional[int], typer.Option("--num", "-n", help="upsample the first N base images (default: all)", callback=o.count)] = None,
     batch_size: o.BatchSize = 16,
     ddim: o.Ddim = None,
     steps: o.Steps = None,
@@ -48,7 +48,7 @@ def upsample(
     eta: o.Eta = 0.0,
     cfg_scale: o.CfgScale = 0.0,
     dynamic_threshold: o.DynamicThreshold = False,
-    class_label: Annotated[Optional[int], typer.Option("--class", help="class of every image, for a base batch without labels")] = None,
+    class_label: Annotated[Optional[int], typer.Option("--class", help="class of every image, for a base batch without labels", callback=o.non_negative_int)] = None,
     seed: o.Seed = 0,
     grid: o.Grid = None,
     no_clip: o.NoClip = False,
@@ -67,11 +67,11 @@ def upsample(
     diffusion_steps: o.DiffusionSteps = None,
 ) -> None:
     """Upsample a base batch with a super-resolution diffusion model (adm or guided-diffusion checkpoint)."""
-    check_outputs(out, grid)
+    if base.exists() and base.resolve() == out.resolve():
+        raise UserError("--out must differ from --base")
+    check_outputs(out, grid, overwrite=overwrite)
     if not base.exists():
         raise UserError(f"base batch not found: {base}")
-    if base.resolve() == out.resolve():
-        raise UserError("--out must differ from --base")
     choice = step_choice(ddim=ddim, steps=steps, nfe=nfe, respacing=respacing, sampler=sampler, spacing=spacing,
                          guided=cfg_scale != 0)
     if num is None:

@@ -19,12 +19,23 @@ block in memory.  Progress lives in a work area next to the output:
 
 * npz: directory ``OUT.partial/`` with ``meta.json`` and one pair of shards per block,
   ``lab_<start>.npy`` then ``img_<start>.npy`` (each written to a temporary name,
-  fsynced and ``os.replace``d, so a shard is either complete or absent; shards are
-  still verified on resume and a truncated / unreadable / non-contiguous shard and all
-  after it are discarded and re-done).  `finalize` streams the shards into
-  ``OUT.tmp`` and renames it to ``OUT``, then removes the work area.
-* h5: the file ``OUT.partial.h5`` itself; after each block the data is flushed, then
-  attribute ``done`` is updated and flushed.  `finalize` renames it to ``OUT``.
+  fsynced and ``os.replace``d, so a shard is either complete or absent), each preceded
+  by its SHA-256 in ``<shard>.sha256``.  Shards are verified on resume (header, size and
+  digest) and again while `finalize` copies them; a truncated / unreadable /
+  non-contiguous / corrupt shard and all after it are discarded (one warning) and
+  re-done.  `finalize` streams the shards into ``OUT.tmp`` and renames it to ``OUT``,
+  then removes the work area.  ``OUT.partial`` may be a symbolic link to a folder (it is
+  followed; at the end only the link and our own files in it are removed); a dangling
+  one is refused.  ``OUT.partial/lock`` is held with ``flock`` while writing.
+* h5: the file ``OUT.partial.h5`` itself (a regular file; held with ``flock`` while
+  writing); after each block the data and its digest (dataset ``block_digests``:
+  start, count, SHA-256 of the block's image then label bytes) are flushed, then
+  attribute ``done`` is updated and flushed.  On resume the blocks below ``done`` are
+  verified against their digests; an unreadable work file is discarded with a warning.
+  `finalize` renames it to ``OUT``.
+
+A failed write (a full disk) raises one `SampleFileError`; nothing more is written and
+the work area stays as it was, so the same command resumes once space is freed.
 
 Re-running the same command resumes from the stored contiguous prefix
 ``0 .. done-1``.  The stored ``total``, ``image_shape``, ``has_labels`` and
@@ -35,6 +46,7 @@ instead of mixing outputs.  A finished ``OUT`` is never overwritten unless
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -42,25 +54,14 @@ from typing import Any
 
 import numpy as np
 
-from .sample_format import SampleFileError, sample_kind
+from adm_cli.files import fsync_dir
+
+from .sample_format import SampleFileError, one_line, sample_kind
 
 __all__ = ["SampleWriter", "open_sample_writer"]
 
 _FORMAT_VERSION = 1
 _COPY_CHUNK = 16 << 20  # bytes copied at a time when streaming shards into the zip
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _json_default(o: Any) -> Any:
@@ -107,6 +108,7 @@ class SampleWriter:
         self._done = 0
         self._closed = False
         self._finalized = False
+        self._broken = False  # a write failed: nothing more is written, the work area stays for resuming
 
     # -- public API
     @property
@@ -129,6 +131,7 @@ class SampleWriter:
         """
         if self._closed:
             raise SampleFileError(f"{self.path}: writer is closed")
+        self._check_not_broken()
         start = self._done if start is None else int(start)
         if start != self._done:
             raise SampleFileError(
@@ -157,7 +160,14 @@ class SampleWriter:
             raise SampleFileError(f"{self.path}: writing {n} samples at {start} exceeds total {self.total}")
         if n == 0:
             return self._done
-        self._write_block(np.ascontiguousarray(images), labels, start)
+        try:
+            self._write_block(np.ascontiguousarray(images), labels, start)
+        except OSError as e:
+            self._broken = True
+            raise self._io_error(getattr(self, "work", self.path), e) from None
+        except BaseException:
+            self._broken = True
+            raise
         self._done = start + n
         return self._done
 
@@ -167,9 +177,13 @@ class SampleWriter:
             return self.path
         if self._closed:
             raise SampleFileError(f"{self.path}: writer is closed")
+        self._check_not_broken()
         if self._done != self.total:
             raise SampleFileError(f"{self.path}: cannot finalize with {self._done}/{self.total} samples written")
-        self._finalize()
+        try:
+            self._finalize()
+        except OSError as e:
+            raise self._io_error(self.path, e) from None
         self._finalized = True
         self._closed = True
         return self.path
@@ -194,6 +208,21 @@ class SampleWriter:
             self.close()
         except Exception:
             pass
+
+    def _check_not_broken(self) -> None:
+        if self._broken:
+            raise SampleFileError(f"{self.path}: an earlier write failed; re-run the same command to continue")
+
+    @staticmethod
+    def _io_error(where: Path, e: BaseException) -> SampleFileError:
+        """One line for an I/O failure while writing (a full disk, a quota, an I/O error)."""
+        what = getattr(e, "strerror", None) or one_line(e)
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+            return SampleFileError(
+                f"cannot write {where}: {what}; free some space and run the same command again to continue"
+            )
+        return SampleFileError(f"cannot write {where}: {what}; run the same command again to continue")
 
     # -- to implement
     def _write_block(self, images: np.ndarray, labels: np.ndarray | None, start: int) -> None:
@@ -228,10 +257,10 @@ class SampleWriter:
         """fsync the finished file ``src`` and rename it to `path` (unless that exists and overwrite is off)."""
         with open(src, "rb+") as f:
             os.fsync(f.fileno())
-        if self.path.exists() and not self._overwrite:
+        if os.path.lexists(self.path) and not self._overwrite:  # a symlink (even dangling) too
             raise SampleFileError(f"{self.path} exists; pass --overwrite to replace it")
         os.replace(src, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
 
 # ---- npz
@@ -263,7 +292,7 @@ def open_sample_writer(
         raise SampleFileError(f"{path}: total must be >= 0, got {total}")
     if len(tuple(image_shape)) != 3 or any(int(s) <= 0 for s in image_shape):
         raise SampleFileError(f"{path}: image_shape must be (H, W, C) with positive sizes, got {tuple(image_shape)}")
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:  # a symlink (even dangling) too
         raise SampleFileError(f"{path} exists; pass --overwrite to replace it")
     if path.is_dir():
         raise SampleFileError(f"{path} is a directory")

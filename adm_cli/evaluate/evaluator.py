@@ -183,7 +183,10 @@ def evaluate(
     def acts(src: SampleSource, what: str) -> dict[str, np.ndarray]:
         store = None
         if cache:
-            store = FeatureCache(feature_cache_dir(src, net, fallback_dir=cache_fallback), n=len(src), net_id=net.id, source=src.name)
+            store = FeatureCache(
+                feature_cache_dir(src, net, fallback_dir=cache_fallback), n=len(src), net_id=net.id, source=src.name,
+                dims=net.dims, warn=reporter.warn,
+            )
         with reporter.progress(f"{what} features", len(src)) as tick:
             return extract_features(src, net, batch_size=options.batch_size, cache=store, progress=tick)
 

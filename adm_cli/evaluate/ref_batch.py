@@ -124,7 +124,7 @@ def _statistics(data: ImageData, net: FeatureNet, work: Path, identity: str, bat
     """μ, Σ of every feature kind over all of ``data``, from resumable chunks in ``work``."""
     n = len(data)
     source = DatasetSource(data, name=str(data.source), identity=identity)
-    cache = FeatureCache(work, n=n, net_id=f"{net.id}|{source.content_id()[:16]}", source=identity)
+    cache = FeatureCache(work, n=n, net_id=f"{net.id}|{source.content_id()[:16]}", source=identity, dims=net.dims, warn=reporter.warn)
     done = cache.done()
     if done:
         reporter.info(f"resuming: features of {done} of {n} images are in {work}")
