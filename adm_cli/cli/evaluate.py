@@ -23,6 +23,8 @@ Examples:
 
   adm evaluate fashion_ref.npz samples.npz --features runs/clf        # FID/P/R in a classifier's feature space
 
+  adm evaluate ref.npz samples.npz --metrics fid,density,coverage   # density/coverage: Naeem et al. 2020, k = 5
+
 Features are cached next to each input (.adm-cache/); a killed run resumes.
 Offline: --inception-weights PATH or ADM_INCEPTION_WEIGHTS=PATH.
 """
@@ -89,12 +91,12 @@ def _metrics(text: str | None, features: Path | None) -> tuple[str, ...]:
 def evaluate(
     ref: Annotated[Path, typer.Argument(help="reference batch: OpenAI .npz (its mu/sigma are used), .h5 or image folder", show_default=False)],
     samples: Annotated[Path, typer.Argument(help="sample batch: .npz (adm sample / OpenAI), .h5 or image folder", show_default=False)],
-    metrics: Annotated[Optional[str], typer.Option("--metrics", help="comma-separated subset of is,fid,sfid,precision,recall,kid (default: OpenAI's five)")] = None,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", help="comma-separated subset of is,fid,sfid,precision,recall,density,coverage,kid (default: OpenAI's five)")] = None,
     json_out: o.Json = False,
     batch_size: BatchSize = None,
     device: o.Device = None,
     inception_weights: o.InceptionWeights = None,
-    features: Annotated[Optional[Path], typer.Option("--features", help="adm classifier checkpoint or run: FID / precision / recall in its feature space at t = 0")] = None,
+    features: Annotated[Optional[Path], typer.Option("--features", help="adm classifier checkpoint or run: FID / precision / recall (/ density / coverage) in its feature space at t = 0")] = None,
     resize: Resize = ResizeChoice.tf1,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="keep features next to each input (.adm-cache/) for the next evaluation")] = True,
     cache_dir: o.CacheDir = None,

@@ -4,7 +4,9 @@ The order of work and every convention follow guided-diffusion@22e0df8
 ``evaluations/evaluator.py``: activations of both batches (pool_3 and the spatial
 ``mixed_6/conv`` features), statistics read from the file when it has ``mu`` (its
 ``read_statistics``) and computed otherwise, then IS on the samples, FID and sFID as
-``d(sample, ref)``, and precision / recall with k = 3.
+``d(sample, ref)``, and precision / recall with k = 3.  Beyond OpenAI's five: density and
+coverage (Naeem et al. 2020, k = 5, prdc's definitions, `prdc`) and clean-fid's KID, from the
+same cached pool features.
 """
 
 from __future__ import annotations
@@ -19,17 +21,22 @@ from adm_cli.reporting import Reporter
 
 from .features import FeatureCache, FeatureNet, extract_features, feature_cache_dir
 from .fid import FIDStatistics, fid_statistics, inception_score
+from .prdc import DENSITY_COVERAGE_K, density_coverage
 from .precision_recall import precision_recall
 from .sources import ImageSource, SampleSource
 
 __all__ = ["open_inputs", "METRICS", "ALL_METRICS", "LABELS", "EvaluateError", "EvaluateOptions", "Evaluation", "evaluate", "read_precomputed"]
 
 METRICS = ("is", "fid", "sfid", "precision", "recall")  # OpenAI's five, in its order
-ALL_METRICS = METRICS + ("kid",)
+ALL_METRICS = METRICS + ("density", "coverage", "kid")
 LABELS = {
-    "is": "Inception Score", "fid": "FID", "sfid": "sFID", "precision": "Precision", "recall": "Recall", "kid": "KID",
+    "is": "Inception Score", "fid": "FID", "sfid": "sFID", "precision": "Precision", "recall": "Recall",
+    "density": "Density", "coverage": "Coverage", "kid": "KID",
 }
-JSON_KEYS = {"is": "inception_score", "fid": "fid", "sfid": "sfid", "precision": "precision", "recall": "recall", "kid": "kid"}
+JSON_KEYS = {
+    "is": "inception_score", "fid": "fid", "sfid": "sfid", "precision": "precision", "recall": "recall",
+    "density": "density", "coverage": "coverage", "kid": "kid",
+}
 PRECOMPUTED = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
 FID_FEATURES = {"fid": "pool", "sfid": "spatial"}  # which features each Fréchet distance is of
 K_NEIGHBOURS = 3
@@ -124,6 +131,8 @@ def _check_pair(ref: ImageSource, samples: ImageSource, metrics: tuple[str, ...]
             raise EvaluateError(f"{src.name}: {len(src)} image(s); at least 2 are needed for statistics")
         if {"precision", "recall"} & set(metrics) and len(src) <= K_NEIGHBOURS:
             raise EvaluateError(f"{src.name}: {len(src)} images; precision/recall need more than k = {K_NEIGHBOURS}")
+    if {"density", "coverage"} & set(metrics) and len(ref) <= DENSITY_COVERAGE_K:
+        raise EvaluateError(f"{ref.name}: {len(ref)} images; density/coverage need more than k = {DENSITY_COVERAGE_K} reference images")
     # RGBA counts as RGB (alpha is dropped); gray against colour is an error
     if (ref.image_shape[-1] == 1) != (samples.image_shape[-1] == 1):
         raise EvaluateError(
@@ -190,7 +199,7 @@ def evaluate(
         with reporter.progress(f"{what} features", len(src)) as tick:
             return extract_features(src, net, batch_size=options.batch_size, cache=store, progress=tick)
 
-    need_ref_acts = bool({"precision", "recall", "kid"} & set(metrics)) or any(
+    need_ref_acts = bool({"precision", "recall", "density", "coverage", "kid"} & set(metrics)) or any(
         stats["ref"][kind] is None for m, kind in FID_FEATURES.items() if m in metrics
     )
     ref_acts = acts(ref_src, "reference") if need_ref_acts else {}
@@ -214,6 +223,12 @@ def evaluate(
         with reporter.progress("precision/recall (pairs)", n_ref * n_ref + n_sam * n_sam + n_ref * n_sam) as tick:
             out["precision"], out["recall"] = precision_recall(
                 ref_acts["pool"], sam_acts["pool"], k=K_NEIGHBOURS, block_size=options.pr_block, device=device, progress=tick
+            )
+    if {"density", "coverage"} & set(metrics):
+        n_ref, n_sam = len(ref_src), len(sam_src)
+        with reporter.progress("density/coverage (pairs)", n_ref * n_ref + n_ref * n_sam) as tick:
+            out["density"], out["coverage"] = density_coverage(
+                ref_acts["pool"], sam_acts["pool"], k=DENSITY_COVERAGE_K, block_size=options.pr_block, device=device, progress=tick
             )
     if "kid" in metrics:
         out["kid"] = _kid(ref_acts["pool"], sam_acts["pool"], options)

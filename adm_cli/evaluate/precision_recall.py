@@ -123,18 +123,24 @@ def _combine32(nu: torch.Tensor, dot: torch.Tensor, nv: torch.Tensor) -> torch.T
 
 class _Features:
     """One feature set: the float32 rows (not copied), their float16 roundings and both kinds of
-    squared norms.  Extra memory is the float16 copy, 2 bytes per value; norms go in row chunks."""
+    squared norms.  Extra memory is the float16 copy, 2 bytes per value; norms go in row chunks.
 
-    def __init__(self, x: np.ndarray | torch.Tensor, device: torch.device, chunk: int = 4096):
-        self.f32 = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
-        self.f16 = self.f32.half()
+    ``exact=True`` (density / coverage, `adm_cli.evaluate.prdc`): the rows in float64 and no
+    float16 side at all; the blocks then always take the full-precision path (``f32``/``n32``
+    hold float64 there)."""
+
+    def __init__(self, x: np.ndarray | torch.Tensor, device: torch.device, chunk: int = 4096, *, exact: bool = False):
+        self.exact = exact
+        self.f32 = torch.as_tensor(np.asarray(x, dtype=np.float64 if exact else np.float32), device=device)
+        self.f16 = None if exact else self.f32.half()
         n = len(self.f32)
-        self.n32 = torch.empty(n, device=device)
-        self.n16 = torch.empty(n, dtype=torch.float16, device=device)
+        self.n32 = torch.empty(n, dtype=self.f32.dtype, device=device)
+        self.n16 = None if exact else torch.empty(n, dtype=torch.float16, device=device)
         for s in range(0, n, chunk):
             rows = slice(s, min(s + chunk, n))
             self.n32[rows] = (self.f32[rows] * self.f32[rows]).sum(1)
-            self.n16[rows] = _norms16(self.f16[rows].float(), first_row=s).half()
+            if not exact:
+                self.n16[rows] = _norms16(self.f16[rows].float(), first_row=s).half()
 
     def __len__(self) -> int:
         return self.f32.shape[0]
@@ -188,8 +194,9 @@ def _block_distances(
 ) -> Iterator[tuple[slice, slice, torch.Tensor, Combine]]:
     """Tiles ``(rows, cols, dot, combine)`` of one evaluator block, in its chosen precision;
     ``combine(i, dot, j)`` turns products into distances (``combine(j, dot.T, i)`` for the mirror).
-    ``upper``: only tiles on or above the diagonal (a symmetric block's lower tiles are mirrors)."""
-    mode = _fp16_block_mode(a, b, ra, rb, tile)
+    ``upper``: only tiles on or above the diagonal (a symmetric block's lower tiles are mirrors).
+    Exact features (both ``exact``) always take the full-precision path."""
+    mode = None if a.exact or b.exact else _fp16_block_mode(a, b, ra, rb, tile)
     for i, j in _tiles(ra, rb, tile):
         if upper and i.start > j.start:
             continue
@@ -214,19 +221,21 @@ def manifold_radii(
     tile: int = 2048,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
+    exact: bool = False,
 ) -> np.ndarray:
     """Squared distance from each point to its k-th nearest other point: (N,) float32.
 
     ``np.partition(row, k)[k]`` over the full row of the evaluator's distances (self included).
+    ``exact``: plain float64 distances instead of the evaluator's float16 ones ((N,) float64).
     """
     with exact_fp32():
-        return _manifold_radii(features, k, block_size, tile, torch.device(device), progress)
+        return _manifold_radii(features, k, block_size, tile, torch.device(device), progress, exact=exact)
 
 
-def _manifold_radii(features, k, block_size, tile, device, progress) -> np.ndarray:
-    a = _Features(features, device)
+def _manifold_radii(features, k, block_size, tile, device, progress, *, exact: bool = False) -> np.ndarray:
+    a = _Features(features, device, exact=exact)
     n = len(a)
-    best = torch.full((n, k + 1), float("inf"), device=a.f32.device)
+    best = torch.full((n, k + 1), float("inf"), dtype=a.f32.dtype, device=a.f32.device)
     blocks = _blocks(n, block_size)
     for bi, ra in enumerate(blocks):
         for rb in blocks[bi:]:
