@@ -26,7 +26,6 @@ comparing all parameter shapes.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import os
 import pickle
@@ -48,7 +47,7 @@ from adm_cli.config import (
     DiffusionConfig,
     UNetConfig,
 )
-from adm_cli.files import fsync_dir
+from adm_cli.files import fsync_dir, write_reason
 from adm_cli.nn import NoisyClassifier, build_unet
 
 FORMAT = "adm-checkpoint"
@@ -104,28 +103,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"cannot write checkpoint {path}: {write_failure(e)}") from None
+        raise CheckpointError(f"cannot write checkpoint {path}: {write_reason(e)}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def write_failure(e: BaseException) -> str:
-    """A short reason for a failed write; torch.save hides the OSError (errno) of a full disk
-    inside its RuntimeError ("unexpected pos ..."), so the exception chain is searched."""
-    seen: BaseException | None = e
-    for _ in range(8):
-        if seen is None:
-            break
-        if isinstance(seen, OSError) and seen.errno is not None:
-            if seen.errno == errno.ENOSPC:
-                return "no space left on device"
-            if seen.errno == errno.EDQUOT:
-                return "disk quota exceeded"
-            return seen.strerror or str(seen)
-        seen = seen.__cause__ or seen.__context__
-    text = str(e).strip().splitlines()
-    return text[0][:160] if text else type(e).__name__
 
 
 def _tensors(value: Any, name: str = ""):

@@ -13,7 +13,7 @@ import errno
 import os
 from pathlib import Path
 
-__all__ = ["FileLock", "LockBusy", "fsync_dir"]
+__all__ = ["FileLock", "LockBusy", "fsync_dir", "write_reason", "DISK_FULL"]
 
 
 class LockBusy(RuntimeError):
@@ -83,3 +83,25 @@ def fsync_dir(folder: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_reason(e: BaseException) -> str:
+    """A short reason for a failed write: "no space left on device" / "disk quota exceeded" for
+    a full disk, else the OS's text. Libraries hide the OSError (torch.save wraps a full disk in
+    a RuntimeError "unexpected pos ..."), so the exception chain is searched."""
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno is not None:
+            if seen.errno == errno.ENOSPC:
+                return "no space left on device"
+            if seen.errno == errno.EDQUOT:
+                return "disk quota exceeded"
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(e).strip().splitlines()
+    return text[0][:160] if text else type(e).__name__

@@ -46,7 +46,6 @@ instead of mixing outputs.  A finished ``OUT`` is never overwritten unless
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from pathlib import Path
@@ -54,9 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from adm_cli.files import fsync_dir
+from adm_cli.files import DISK_FULL, fsync_dir, write_reason
 
-from .sample_format import SampleFileError, one_line, sample_kind
+from .sample_format import SampleFileError, sample_kind
 
 __all__ = ["SampleWriter", "open_sample_writer"]
 
@@ -216,9 +215,8 @@ class SampleWriter:
     @staticmethod
     def _io_error(where: Path, e: BaseException) -> SampleFileError:
         """One line for an I/O failure while writing (a full disk, a quota, an I/O error)."""
-        what = getattr(e, "strerror", None) or one_line(e)
-        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-            what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+        what = write_reason(e)
+        if getattr(e, "errno", None) in DISK_FULL:
             return SampleFileError(
                 f"cannot write {where}: {what}; free some space and run the same command again to continue"
             )

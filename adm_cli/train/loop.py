@@ -35,7 +35,8 @@ from adm_cli.data.images import save_grid
 from adm_cli.reporting import Reporter
 from adm_cli.train.metrics import Meter
 from adm_cli.train.optim import LossScaler, ema_rate_at, grad_norm, learning_rate, make_optimizer, update_ema
-from adm_cli.train.run_dir import RunDir, RunDirError, os_reason
+from adm_cli.files import write_reason
+from adm_cli.train.run_dir import RunDir, RunDirError
 
 __all__ = ["RunOptions", "Task", "TrainError", "mix_seed", "train"]
 
@@ -283,7 +284,7 @@ def train(
             try:
                 save_grid(shown[0], target, nrow=shown[1])
             except OSError as e:
-                raise RunDirError(f"cannot write {target}: {os_reason(e)}") from None
+                raise RunDirError(f"cannot write {target}: {write_reason(e)}") from None
 
     meter = Meter(task.num_timesteps)
     started = time.monotonic()

@@ -16,14 +16,13 @@ RunDirError line naming the file, and leaves the file as it was.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from adm_cli.files import FileLock, LockBusy
+from adm_cli.files import FileLock, LockBusy, write_reason
 
 __all__ = ["RunDir", "RunDirError", "write_json_atomic"]
 
@@ -35,12 +34,6 @@ class RunDirError(ValueError):
     """A run directory that cannot be created or resumed (one-line message)."""
 
 
-def os_reason(e: OSError) -> str:
-    if e.errno == errno.ENOSPC:
-        return "no space left on device"
-    return e.strerror or str(e)
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -48,7 +41,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise RunDirError(f"cannot write {path}: {os_reason(e)}") from None
+        raise RunDirError(f"cannot write {path}: {write_reason(e)}") from None
 
 
 class RunDir:
@@ -101,7 +94,7 @@ class RunDir:
         except LockBusy:
             raise RunDirError(f"{self.root} is in use by another running process") from None
         except OSError as e:
-            raise RunDirError(f"cannot lock {self.root}: {os_reason(e)}") from None
+            raise RunDirError(f"cannot lock {self.root}: {write_reason(e)}") from None
         self._lock = lock
 
     def unlock(self) -> None:
@@ -116,7 +109,7 @@ class RunDir:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunDirError(f"cannot create run directory {self.root}: {os_reason(e)}") from None
+            raise RunDirError(f"cannot create run directory {self.root}: {write_reason(e)}") from None
         self.lock()
         try:
             self._refuse_if_not_empty()  # another process may have started a run here meanwhile
@@ -124,7 +117,7 @@ class RunDir:
                 self.checkpoints.mkdir(exist_ok=True)
                 self.previews.mkdir(exist_ok=True)
             except OSError as e:
-                raise RunDirError(f"cannot create run directory {self.root}: {os_reason(e)}") from None
+                raise RunDirError(f"cannot create run directory {self.root}: {write_reason(e)}") from None
             write_json_atomic(self.run_json, description)
         except BaseException:
             self.unlock()
@@ -163,7 +156,7 @@ class RunDir:
         try:
             os.replace(path, target)
         except OSError as e:
-            raise RunDirError(f"cannot rename {path} aside: {os_reason(e)}") from None
+            raise RunDirError(f"cannot rename {path} aside: {write_reason(e)}") from None
         return target
 
     # ------------------------------------------------------------------ metrics
@@ -185,7 +178,7 @@ class RunDir:
                         pass
                     raise
         except OSError as e:
-            raise RunDirError(f"cannot write {self.metrics}: {os_reason(e)}") from None
+            raise RunDirError(f"cannot write {self.metrics}: {write_reason(e)}") from None
 
     def truncate_metrics(self, step: int) -> None:
         """On resume, drop records past the checkpoint's step (they will be logged again)."""
@@ -204,4 +197,4 @@ class RunDir:
             os.replace(tmp, self.metrics)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise RunDirError(f"cannot write {self.metrics}: {os_reason(e)}") from None
+            raise RunDirError(f"cannot write {self.metrics}: {write_reason(e)}") from None
