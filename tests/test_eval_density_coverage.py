@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +22,17 @@ RECORD = json.loads((GOLDEN / "golden.json").read_text())
 runner = CliRunner()
 
 
+def _recipes():
+    """assets/golden/prdc/make_golden.py (numpy only; prdc is never imported), loaded by path:
+    other golden folders have a make_golden.py too, so a plain import would find theirs."""
+    spec = importlib.util.spec_from_file_location("prdc_make_golden", GOLDEN / "make_golden.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _inputs(case: dict) -> tuple[np.ndarray, np.ndarray]:
-    sys.path.insert(0, str(GOLDEN))
-    try:
-        from make_golden import make_inputs  # numpy only; prdc is never imported
-    finally:
-        sys.path.remove(str(GOLDEN))
-    return make_inputs(case["seed"], case["n_real"], case["n_fake"], case["dim"], case["kind"])
+    return _recipes().make_inputs(case["seed"], case["n_real"], case["n_fake"], case["dim"], case["kind"])
 
 
 @pytest.mark.parametrize("name", sorted(RECORD["cases"]))
