@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, NamedTuple, Optional
 
@@ -42,6 +43,8 @@ Examples:
 
   adm sample runs/pets --cfg-scale 3 --sampler unipc --nfe 15 --class 2 -n 16 --out cats.npz
 
+  adm sample 64x64_diffusion.pt --classes balanced -n 50000 --ddim 25 --out s.npz    # 50 of each of 1000 classes
+
   torchrun --nproc-per-node 8 -m adm_cli sample 64x64_diffusion.pt --steps 250 -n 50000 --out s.h5
 
 Samplers: ddpm (default; all trained steps unless --steps/--respacing), ddim, dpm++2m, dpm++3m,
@@ -51,6 +54,13 @@ together too.
 
 A killed run continues when the same command is run again.
 """
+
+
+class ClassesChoice(str, Enum):
+    """How --classes draws the images' classes (`SampleOptions.classes`)."""
+
+    random = "random"
+    balanced = "balanced"
 
 
 class StepChoice(NamedTuple):
@@ -161,7 +171,15 @@ def sample(
     cfg_scale: o.CfgScale = 0.0,
     guidance_interval: o.GuidanceInterval = None,
     dynamic_threshold: o.DynamicThreshold = False,
-    class_label: Annotated[Optional[int], typer.Option("--class", help="class of every image (default: random per image)", callback=o.non_negative_int)] = None,
+    class_label: Annotated[Optional[int], typer.Option("--class", help="class of every image (default: as --classes says)", callback=o.non_negative_int)] = None,
+    classes: Annotated[
+        ClassesChoice,
+        typer.Option(
+            "--classes",
+            help="random: each image's class drawn from its own seed; balanced: exactly N/K images of each of the K "
+            "classes (N a multiple of K), in an order fixed by --seed",
+        ),
+    ] = ClassesChoice.random,
     seed: o.Seed = 0,
     grid: o.Grid = None,
     no_clip: o.NoClip = False,
@@ -182,6 +200,8 @@ def sample(
     check_outputs(out, grid, overwrite=overwrite)
     if guidance is not None and classifier is None:
         raise UserError("--guidance needs --classifier CKPT (for classifier-free guidance use --cfg-scale)")
+    if classes is ClassesChoice.balanced and class_label is not None:
+        raise UserError(f"--classes balanced spreads the images over every class; drop it or --class {class_label}")
     guidance = 1.0 if guidance is None else guidance
     choice = step_choice(ddim=ddim, steps=steps, nfe=nfe, respacing=respacing, sampler=sampler, spacing=spacing,
                          guided=(classifier is not None and guidance != 0) or cfg_scale != 0)
@@ -202,6 +222,7 @@ def sample(
         guidance_interval=interval,
         dynamic_threshold=0.995 if dynamic_threshold else None,
         class_label=class_label,
+        classes=classes.value,
         seed=seed,
         clip_denoised=not no_clip,
         batch_size=batch_size,

@@ -1,7 +1,7 @@
 """Generation: from a loaded model to images, in memory or streamed into resumable sample files.
 
     options     sampler names, step counts / network evaluations, `SampleOptions`
-    denoise     compatibility checks, the schedule, seeded initial state, `build_denoiser` (the one
+    denoise     compatibility checks, the schedule, seeded initial state and labels, `build_denoiser` (the one
                 place a network, classifier, labels and guidance become a `diffusion.Denoiser`),
                 `run_sampler`, `sample_batch`
     stream      the resumable chunk loop shared by sampling and upsampling (torchrun aware)
@@ -11,6 +11,7 @@
 """
 
 from adm_cli.generate.denoise import (
+    balanced_labels,
     build_denoiser,
     check_compatible,
     initial_state,
@@ -21,10 +22,12 @@ from adm_cli.generate.denoise import (
     sampling_schedule,
 )
 from adm_cli.generate.options import (
+    CLASS_MODES,
     DEFAULT_SOLVER_NFE,
     MIN_NFE,
     ODE_SOLVERS,
     SAMPLERS,
+    ClassMode,
     GenerateError,
     Sampler,
     SampleOptions,
@@ -38,13 +41,16 @@ from adm_cli.generate.sampling import fingerprint, run_sampling, sample_images
 from adm_cli.generate.stream import stream_samples
 
 __all__ = [
+    "CLASS_MODES",
     "DEFAULT_SOLVER_NFE",
     "MIN_NFE",
     "ODE_SOLVERS",
     "SAMPLERS",
+    "ClassMode",
     "GenerateError",
     "SampleOptions",
     "Sampler",
+    "balanced_labels",
     "build_denoiser",
     "check_compatible",
     "ddim_spacing",

@@ -3,6 +3,7 @@ state, the one `build_denoiser`, and `run_sampler` over the named samplers."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import torch
@@ -24,7 +25,7 @@ from adm_cli.diffusion import (
     sample_unipc,
     solver_timesteps,
 )
-from adm_cli.generate.options import SAMPLERS, GenerateError, SampleOptions
+from adm_cli.generate.options import SAMPLERS, ClassMode, GenerateError, SampleOptions
 
 
 def check_compatible(model: Loaded, classifier: Loaded | None, options: SampleOptions) -> None:
@@ -56,6 +57,10 @@ def check_compatible(model: Loaded, classifier: Loaded | None, options: SampleOp
             raise GenerateError("--class needs a class-conditional model or a classifier")
         if not 0 <= options.class_label < n_classes:
             raise GenerateError(f"--class {options.class_label} is out of range [0, {n_classes - 1}]")
+    if options.classes == "balanced":
+        if n_classes is None:
+            raise GenerateError("--classes balanced needs a class-conditional model or a classifier")
+        check_balanced_num(options.num, n_classes)
     assert model.diffusion is not None
     sampling_schedule(model, options)
 
@@ -87,6 +92,17 @@ def sampling_schedule(model: Loaded, options: SampleOptions) -> Schedule:
         raise GenerateError(f"{what}: {e}") from None
 
 
+def check_balanced_num(num: int, num_classes: int) -> None:
+    """`--classes balanced` gives each of the K classes num/K images: refuse another `num`, naming
+    the nearest multiples of K."""
+    if num % num_classes:
+        below = num - num % num_classes
+        nearest = " or ".join(f"--num {n}" for n in (below, below + num_classes) if n > 0)
+        raise GenerateError(
+            f"--classes balanced needs --num divisible by the {num_classes} classes, got {num}; use {nearest}"
+        )
+
+
 def num_label_classes(model: Loaded, classifier: Loaded | None) -> int | None:
     if isinstance(model.config, UNetConfig) and model.config.num_classes is not None:
         return model.config.num_classes
@@ -95,20 +111,54 @@ def num_label_classes(model: Loaded, classifier: Loaded | None) -> int | None:
     return None
 
 
+def balanced_block_seed(seed: int, block: int) -> int:
+    """The seed of block `block`'s class permutation under run seed `seed`: a SHA-256 of both, so it
+    shares no generator stream with the per-image seeds `seed + i`."""
+    digest = hashlib.sha256(f"adm balanced classes {seed} {block}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # a 63-bit torch seed
+
+
+def balanced_labels(indices: range, *, num_classes: int, seed: int) -> torch.Tensor:
+    """Labels of images `indices` under `--classes balanced`: image i takes place i mod K of a
+    permutation of the K classes drawn for its block i // K (`balanced_block_seed`).
+
+    Every block of K consecutive images holds each class once, so N = m·K images hold exactly m of
+    each (and so does every prefix of m·K images). Label i depends on (seed, K, i) alone: not on the
+    batch size, a resumption or torchrun's split, and a shorter run is the prefix of a longer one, as
+    with random classes.
+    """
+    k = num_classes
+    perms = {
+        b: torch.randperm(k, generator=torch.Generator().manual_seed(balanced_block_seed(seed, b)))
+        for b in sorted({i // k for i in indices})
+    }
+    return torch.tensor([int(perms[i // k][i % k]) for i in indices], dtype=torch.int64)
+
+
 def initial_state(
-    indices: range, *, shape: tuple[int, int, int], num_classes: int | None, class_label: int | None, seed: int
+    indices: range,
+    *,
+    shape: tuple[int, int, int],
+    num_classes: int | None,
+    class_label: int | None,
+    seed: int,
+    classes: ClassMode = "random",
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Generator]]:
     """Per image i: a generator seeded `seed + i`, then its label (if random), then x_T ~ N(0, I).
 
-    Generators live on the CPU so the same seed gives the same x_T on every device.
+    A fixed `class_label` or `classes="balanced"` (`balanced_labels`) draws nothing from the image
+    generators, so image i's x_T is the same for every given label. Generators live on the CPU so
+    the same seed gives the same x_T on every device.
     """
     gens = image_generators([seed + i for i in indices])
     labels = None
     if num_classes is not None:
-        if class_label is None:
-            labels = torch.stack([torch.randint(num_classes, (), generator=g) for g in gens])
-        else:
+        if class_label is not None:
             labels = torch.full((len(gens),), class_label, dtype=torch.int64)
+        elif classes == "balanced":
+            labels = balanced_labels(indices, num_classes=num_classes, seed=seed)
+        else:
+            labels = torch.stack([torch.randint(num_classes, (), generator=g) for g in gens])
     x_T = torch.stack([torch.randn(shape, generator=g) for g in gens])  # (B, C, H, W)
     return x_T, labels, gens
 

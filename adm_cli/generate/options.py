@@ -12,6 +12,8 @@ from adm_cli.diffusion import SPACINGS, Schedule, space_timesteps
 Sampler = Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "unipc", "heun"]
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "unipc", "heun")
 ODE_SOLVERS = ("dpm++2m", "dpm++3m", "unipc", "heun")  # deterministic: no --eta
+ClassMode = Literal["random", "balanced"]
+CLASS_MODES: tuple[str, ...] = ("random", "balanced")
 MIN_NFE = {"ddpm": 1, "ddim": 1, "dpm++2m": 2, "dpm++3m": 3, "unipc": 2, "heun": 3}
 DEFAULT_SOLVER_NFE = 20
 
@@ -59,7 +61,8 @@ class SampleOptions:
     cfg_scale: float = 0.0  # classifier-free guidance w (diffusers' guidance_scale = 1 + w)
     guidance_interval: tuple[float, float] | None = None  # original timesteps where guidance acts
     dynamic_threshold: float | None = None  # quantile ratio (0.995) of DPM-Solver++'s thresholding
-    class_label: int | None = None  # None: random per image (class-conditional or guided models)
+    class_label: int | None = None  # every image's class; None: as `classes` says (class-conditional or guided models)
+    classes: ClassMode = "random"  # random: from image i's generator; balanced: num/K of each class (`balanced_labels`)
     seed: int = 0
     clip_denoised: bool = True
     batch_size: int = 16  # does not change the images
@@ -92,6 +95,12 @@ class SampleOptions:
             raise GenerateError(f"--guidance-interval needs LO <= HI, got {self.guidance_interval}")
         if self.seed < 0:
             raise GenerateError(f"--seed must be >= 0, got {self.seed}")
+        if self.classes not in CLASS_MODES:
+            raise GenerateError(f"--classes must be one of {', '.join(CLASS_MODES)}, got {self.classes!r}")
+        if self.classes == "balanced" and self.class_label is not None:
+            raise GenerateError(
+                f"--classes balanced spreads the images over every class; drop it or --class {self.class_label}"
+            )
 
     @property
     def guided(self) -> bool:

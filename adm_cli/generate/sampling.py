@@ -2,7 +2,8 @@
 
 Image i is drawn from its own generator seeded with `seed + i`: its class (when random), its
 x_T and every step's noise come from that generator alone, so a sample does not depend on the
-batch size, on where a killed run stopped, or on how torchrun split the work.
+batch size, on where a killed run stopped, or on how torchrun split the work. Balanced classes
+(`balanced_labels`) are a function of (seed, K, i) alone, for the same reason.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from adm_cli.generate.denoise import (
     sample_batch,
     sampling_schedule,
 )
-from adm_cli.generate.options import GenerateError, Sampler, SampleOptions, describe_steps
+from adm_cli.generate.options import ClassMode, GenerateError, Sampler, SampleOptions, describe_steps
 from adm_cli.generate.stream import stream_samples
 from adm_cli.reporting import SILENT, Reporter
 from adm_cli.version import __version__
@@ -38,6 +39,8 @@ def fingerprint(model: Loaded, classifier: Loaded | None, options: SampleOptions
     """What must not change between a killed run and its resumption."""
     fields = dataclasses.asdict(options)
     fields.pop("batch_size")
+    if fields["classes"] == "random":  # recorded only when balanced: partial files from before --classes still resume
+        fields.pop("classes")
     return json.dumps(
         {
             "model": file_digest(model.path),
@@ -78,6 +81,8 @@ def run_sampling(
         f"{model.kind} model ({model.preset or model.source}, {model.num_parameters / 1e6:.1f}M parameters) on "
         f"{backend.device} in {backend.precision}; {describe_steps(options, schedule)}"
         + (f", classifier guidance {options.guidance_scale}" if classifier is not None else "")
+        + (f"; {options.num // num_classes} images of each of {num_classes} classes"
+           if options.classes == "balanced" and num_classes else "")
     )
 
     def open_writer() -> SampleWriter:
@@ -140,7 +145,8 @@ def _sample_range(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     x_T, labels, gens = initial_state(
-        indices, shape=shape, num_classes=num_classes, class_label=options.class_label, seed=options.seed
+        indices, shape=shape, num_classes=num_classes, class_label=options.class_label, seed=options.seed,
+        classes=options.classes,
     )
     x0 = sample_batch(
         model, x_T, schedule=schedule, options=options, backend=backend, generators=gens,
@@ -163,6 +169,7 @@ def sample_images(
     guidance_interval: tuple[float, float] | None = None,
     dynamic_threshold: float | None = None,
     class_label: int | None = None,
+    classes: ClassMode = "random",
     seed: int = 0,
     x_T: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
@@ -173,7 +180,8 @@ def sample_images(
     """Sample `num` images in memory (one batch): returns (x_0 in [-1, 1] NCHW float32, labels).
 
     `x_T` (num, C, H, W) replaces the seeded initial noise; per-step noise still comes from
-    the per-image generators seeded `seed + i`. `labels` replaces the drawn classes.
+    the per-image generators seeded `seed + i`. `labels` replaces the drawn classes (`classes`:
+    random per image, or balanced, num/K of each).
     `respacing` is a guided-diffusion spec, or with `spacing` (time-uniform, logsnr, karras) a
     step count; `cfg_scale` is classifier-free guidance w (models with a null class).
     """
@@ -183,14 +191,15 @@ def sample_images(
     options = SampleOptions(
         num=num, sampler=sampler, respacing=respacing, spacing=spacing, eta=eta, guidance_scale=guidance_scale,
         cfg_scale=cfg_scale, guidance_interval=guidance_interval, dynamic_threshold=dynamic_threshold,
-        class_label=class_label, seed=seed, clip_denoised=clip_denoised, batch_size=num,
+        class_label=class_label, classes=classes, seed=seed, clip_denoised=clip_denoised, batch_size=num,
     )
     check_compatible(model, classifier, options)
     unet = model.config
     assert isinstance(unet, UNetConfig) and model.diffusion is not None
     shape = (unet.in_channels, unet.image_size, unet.image_size)
     noise, drawn, gens = initial_state(
-        range(num), shape=shape, num_classes=num_label_classes(model, classifier), class_label=class_label, seed=seed
+        range(num), shape=shape, num_classes=num_label_classes(model, classifier), class_label=class_label, seed=seed,
+        classes=classes,
     )
     if x_T is not None:
         if tuple(x_T.shape) != (num, *shape):
