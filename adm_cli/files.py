@@ -3,7 +3,8 @@
 `FileLock`: an advisory exclusive lock on a run directory or a sample file being written, so that
 a second process gets one clear line instead of interleaving writes. It is ``flock(2)``: the
 kernel drops it when the process dies, so a killed run never leaves a stale lock behind (nothing
-to clean up by hand). `fsync_dir`: make a rename in a folder durable. This module imports
+to clean up by hand). `fsync_dir`: make a rename in a folder durable. `write_bytes_atomic`: a
+small file written under a temporary name, fsynced and renamed, so it is whole or absent. This module imports
 nothing from adm; every layer may use it.
 """
 
@@ -13,7 +14,7 @@ import errno
 import os
 from pathlib import Path
 
-__all__ = ["FileLock", "LockBusy", "fsync_dir", "write_reason", "DISK_FULL"]
+__all__ = ["FileLock", "LockBusy", "fsync_dir", "write_bytes_atomic", "write_reason", "DISK_FULL"]
 
 
 class LockBusy(RuntimeError):
@@ -83,6 +84,23 @@ def fsync_dir(folder: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``.NAME.PID.tmp`` in the same folder (fsync, rename):
+    readers see the old file or the whole new one, never a part. Raises the OSError; the
+    temporary file is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

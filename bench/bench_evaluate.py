@@ -18,6 +18,7 @@ Two modes:
     python bench/bench_evaluate.py pr --threads 2                  # 50000 samples x 10000 ref
     python bench/bench_evaluate.py features --threads 2 --torchvision
     python bench/bench_evaluate.py features --device cuda --batch 256 --batches 10
+    python bench/bench_evaluate.py features-versus --threads 2 --rounds 5   # adm vs plain vs torchvision, alternated
 
 Every measurement records os.getloadavg() before and after it: the machine may be shared.
 """
@@ -533,6 +534,60 @@ def features_main(args) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def versus_main(args) -> None:
+    """Side by side, alternated in one process: adm's feature path (`InceptionFeatures.__call__`:
+    uint8 images → TF1 resize → BN-folded, channels-last network), the plain `FIDInception`
+    (BatchNorm unfolded, contiguous: adm before this change), and torchvision's inception_v3 on
+    already-resized 299×299 input (its forward only: a lower bound of its cost). Each round
+    runs each path once on the same batch; ratios are of medians over the rounds."""
+    set_threads(args.threads)
+    import torch
+    from torchvision.models import inception_v3
+
+    from adm_cli.evaluate.features import exact_fp32
+    from adm_cli.evaluate.inception import FIDInception
+    from adm_cli.evaluate.nets import InceptionFeatures
+    from tests.eval_helpers import random_inception_state
+
+    net = FIDInception()
+    net.load_state_dict(random_inception_state(args.seed))
+    feats = InceptionFeatures(net, "random")
+    tv = inception_v3(weights=None, aux_logits=False, init_weights=False).eval()
+    images = np.random.default_rng(args.seed).integers(0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8)
+    x_tv = torch.randn(args.batch, 3, 299, 299)
+    paths = {
+        "adm InceptionFeatures (uint8 → features)": lambda: feats(images),
+        "plain FIDInception (unfolded, contiguous)": lambda: net(torch.from_numpy(images)),
+        "torchvision inception_v3 forward, 299×299 input": lambda: tv(x_tv),
+    }
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    load_before = loadavg()
+    with torch.no_grad(), exact_fp32():
+        for fn in paths.values():
+            fn()  # warm-up
+        for _ in range(args.rounds):
+            for name, fn in paths.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    rows = [throughput_row(name, args.size, args.batch, t, load_before) for name, t in times.items()]
+    tv_rate = rows[2]["img_per_s_median"]
+    for row in rows:
+        row["x_torchvision_median"] = row["img_per_s_median"] / tv_rate
+        print(f"{row['what']}: {row['img_per_s_median']:.2f} img/s median ({row['img_per_s_best']:.2f} best), "
+              f"{row['x_torchvision_median']:.2f}× torchvision", flush=True)
+    result = {
+        "bench": "evaluate-features-versus",
+        "machine": machine_info(args.threads),
+        "config": {"batch": args.batch, "size": args.size, "rounds": args.rounds, "seed": args.seed,
+                   "weights": "tests/eval_helpers.random_inception_state(seed)", "resize": "tf1"},
+        "code": code_version(),
+        "rows": rows,
+    }
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"evaluate-features-versus-cpu-t{args.threads}.json"
+    write_json(out, result)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
@@ -573,8 +628,16 @@ def main() -> None:
     f.add_argument("--breakdown-reps", type=int, default=2)
     f.add_argument("--torchvision", action="store_true", help="also time torchvision inception_v3 at 299x299")
 
+    v = sub.add_parser("features-versus", help="adm's features vs the plain network vs torchvision, alternated")
+    common(v)
+    v.add_argument("--size", type=int, default=64)
+    v.add_argument("--batch", type=int, default=8)
+    v.add_argument("--rounds", type=int, default=5)
+
     args = p.parse_args()
-    if args.mode == "pr":
+    if args.mode == "features-versus":
+        versus_main(args)
+    elif args.mode == "pr":
         pr_main(args)
     elif args.mode == "_pr-worker":
         pr_worker(args)

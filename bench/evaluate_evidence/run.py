@@ -36,6 +36,37 @@ def blur(images: np.ndarray, radius: float) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(im[..., 0]).filter(ImageFilter.GaussianBlur(radius)))[..., None] for im in images])
 
 
+def build_sets(data: str, n_ref: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The reference (``n_ref`` training images) and the named image sets (``n`` each) scored
+    against it: real held-out images, noised, blurred, and only 3 of the 10 classes."""
+    rng = np.random.default_rng(seed)
+    train = open_dataset(data, split="train")
+    test = open_dataset(data, split="test")
+    order = rng.permutation(len(train))
+    ref_idx, other_idx = np.sort(order[:n_ref]), np.sort(order[n_ref : n_ref + n])
+    ref_images, ref_labels = train.get(ref_idx)
+    test_idx = np.sort(rng.choice(len(test), n, replace=False))
+    real, labels = test.get(test_idx)
+    noise = lambda s: np.clip(real.astype(np.float64) + rng.normal(0, s, real.shape), 0, 255).astype(np.uint8)  # noqa: E731
+    all_test, all_labels = test.get(np.arange(len(test)))
+    three = np.flatnonzero(np.isin(all_labels, [0, 1, 7]))[:n]  # T-shirt, trouser, sneaker
+    sets = {
+        "real train (held out from ref)": train.get(other_idx)[0],
+        "real test": real,
+        "test + noise σ=10": noise(10),
+        "test + noise σ=25": noise(25),
+        "test + noise σ=50": noise(50),
+        "test, Gaussian blur r=1": blur(real, 1.0),
+        "test, Gaussian blur r=2": blur(real, 2.0),
+        "test, 3 of 10 classes": all_test[three],
+    }
+    return ref_images, ref_labels, sets
+
+
+def file_name(name: str) -> str:
+    return name.replace(" ", "_").replace("/", "").replace(",", "").replace("=", "").replace("σ", "s").replace("(", "").replace(")", "") + ".npz"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="../shared/data/fashion-mnist")
@@ -57,32 +88,11 @@ def main() -> None:
             "--minutes", args.minutes, "--device", "cpu", "-q", env=env)
         print(f"judge trained in {time.time() - t0:.0f} s", flush=True)
 
-    rng = np.random.default_rng(0)
-    train = open_dataset(args.data, split="train")
-    test = open_dataset(args.data, split="test")
-    order = rng.permutation(len(train))
-    ref_idx, other_idx = np.sort(order[: args.n_ref]), np.sort(order[args.n_ref : args.n_ref + args.n])
-    ref_images, ref_labels = train.get(ref_idx)
+    ref_images, ref_labels, sets = build_sets(args.data, args.n_ref, args.n)
     np.savez(work / "ref.npz", ref_images, ref_labels)
-
-    test_idx = np.sort(rng.choice(len(test), args.n, replace=False))
-    real, labels = test.get(test_idx)
-    noise = lambda s: np.clip(real.astype(np.float64) + rng.normal(0, s, real.shape), 0, 255).astype(np.uint8)  # noqa: E731
-    all_test, all_labels = test.get(np.arange(len(test)))
-    three = np.flatnonzero(np.isin(all_labels, [0, 1, 7]))[: args.n]  # T-shirt, trouser, sneaker
-    sets = {
-        "real train (held out from ref)": train.get(other_idx)[0],
-        "real test": real,
-        "test + noise σ=10": noise(10),
-        "test + noise σ=25": noise(25),
-        "test + noise σ=50": noise(50),
-        "test, Gaussian blur r=1": blur(real, 1.0),
-        "test, Gaussian blur r=2": blur(real, 2.0),
-        "test, 3 of 10 classes": all_test[three],
-    }
     rows = []
     for name, images in sets.items():
-        path = work / (name.replace(" ", "_").replace("/", "").replace(",", "").replace("=", "").replace("σ", "s") + ".npz")
+        path = work / file_name(name)
         np.savez(path, images)
         t0 = time.time()
         record = json.loads(adm("evaluate", work / "ref.npz", path, "--features", judge, "--metrics", "fid,precision,recall,kid",
