@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import adm, build_sets, file_name  # noqa: E402
 
-from adm_cli.data.datasets import open_dataset  # noqa: E402
+from adm_cli.data.datasets import open_dataset, rgb_to_gray  # noqa: E402
 from adm_cli.evaluate.weights import installed_fid_helper  # noqa: E402
 
 METRICS = ("fid", "precision", "recall", "density", "coverage")
@@ -49,17 +49,24 @@ def main() -> None:
 
     ref_images, ref_labels, sets = build_sets(args.data, args.n_ref, args.n)
     sets = {k: sets[k] for k in KEEP}
-    sets["synthetic shapes (another data set)"] = open_dataset(f"synthetic:{args.n}").get(np.arange(args.n))[0]
+    shapes = open_dataset(f"synthetic:{args.n}").get(np.arange(args.n))[0]
+    sets["synthetic shapes, gray (another data set)"] = rgb_to_gray(shapes)  # evaluate refuses gray against colour
     np.savez(work / "ref.npz", ref_images, ref_labels)
     rows, record = [], None
     for name, images in sets.items():
         path = work / file_name(name)
-        np.savez(path, images)
-        t0 = time.time()
-        result = json.loads(adm("evaluate", work / "ref.npz", path, "--inception-weights", weights, "--metrics", ",".join(METRICS),
-                                "--json", "-q"))
+        done = path.with_suffix(".result.json")  # a rerun skips the sets already measured
+        if done.is_file():
+            result = json.loads(done.read_text())
+        else:
+            np.savez(path, images)
+            t0 = time.time()
+            result = json.loads(adm("evaluate", work / "ref.npz", path, "--inception-weights", weights, "--metrics", ",".join(METRICS),
+                                    "--json", "-q"))
+            result["seconds"] = round(time.time() - t0, 1)
+            done.write_text(json.dumps(result))
         record = result["record"]
-        rows.append({"set": name, "n": len(images), **{k: result[k] for k in METRICS}, "seconds": round(time.time() - t0, 1)})
+        rows.append({"set": name, "n": len(images), **{k: result[k] for k in METRICS}, "seconds": result["seconds"]})
         print(rows[-1], flush=True)
     summary = {"reference": f"{args.n_ref} Fashion-MNIST training images (seed 0)", "network": record["network"] if record else None,
                "adm_version": record["adm_version"] if record else None, "rows": rows}
