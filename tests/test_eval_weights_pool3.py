@@ -135,3 +135,14 @@ def test_bad_weights_files_are_one_line(pool3_file, inputs, tmp_path):
     an_adm_checkpoint = tmp_path / "model.pt"
     torch.save({"model": {"w": torch.zeros(1)}, "config": {"kind": "diffusion"}}, an_adm_checkpoint)
     assert "not a state dict of tensors" in _cli_error(an_adm_checkpoint, inputs)
+
+
+def test_ref_batch_with_pool3_weights(pool3_file, tmp_path):
+    """adm ref-batch needs no logits: statistics of both kinds, the network recorded."""
+    out = tmp_path / "ref.npz"
+    r = runner.invoke(app, ["ref-batch", "synthetic:6", "--out", str(out), "--num", "4", "--inception-weights", str(pool3_file), "-b", "3"])
+    assert r.exit_code == 0, r.output
+    with np.load(out) as z:
+        assert z["arr_0"].shape[0] == 4 and z["mu"].shape == (2048,) and z["sigma_s"].shape == (2023, 2023)
+        meta = json.loads(z["adm_meta"].tobytes())
+    assert meta["n_images"] == 6 and meta["features"] == f"inception-{W.file_sha256(pool3_file)[:16]}-tf1"
