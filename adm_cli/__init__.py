@@ -13,10 +13,38 @@ Training is `adm_cli.train` (objectives, timestep samplers, the loop); the comma
 `adm train-diffusion` / `adm train-classifier`.
 """
 
-from adm_cli.version import __version__  # noqa: E402
+from __future__ import annotations
 
-from adm_cli.backend import make_backend  # noqa: E402
-from adm_cli.checkpoint import load_model  # noqa: E402
-from adm_cli.generate import SampleOptions, run_sampling, sample_images  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from adm_cli.version import __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on first use
+    from adm_cli.backend import make_backend
+    from adm_cli.checkpoint import load_model
+    from adm_cli.generate import SampleOptions, run_sampling, sample_images
 
 __all__ = ["SampleOptions", "load_model", "make_backend", "run_sampling", "sample_images", "__version__"]
+
+# The public names and the modules that define them.  Imported lazily (PEP 562) so that
+# importing a submodule such as `adm_cli.config` does not load torch and the whole package.
+_LAZY = {
+    "make_backend": "adm_cli.backend",
+    "load_model": "adm_cli.checkpoint",
+    "SampleOptions": "adm_cli.generate",
+    "run_sampling": "adm_cli.generate",
+    "sample_images": "adm_cli.generate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -73,6 +73,20 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_levels(config: UNetConfig | ClassifierConfig, network: str) -> None:
+    """Check the attention resolutions and per-level channel counts shared by the UNet and
+    the classifier's encoder; ``network`` names it in the messages ("UNet", "encoder")."""
+    sizes = {config.image_size // 2**i for i in range(len(config.channel_mult))}
+    for res in config.attention_resolutions:
+        _check(res in sizes, f"attention resolution {res} px is not one of the {network}'s sizes {sorted(sizes)}")
+    for mult in config.channel_mult:
+        ch = int(mult * config.model_channels)
+        _check(ch % 32 == 0, f"every level needs a multiple of 32 channels for GroupNorm(32); got {ch}")
+        if config.num_head_channels is not None:
+            heads = config.num_head_channels
+            _check(ch % heads == 0, f"{ch} channels do not split into heads of {heads}")
+
+
 @dataclass(frozen=True)
 class UNetConfig(_Serializable):
     """The ADM UNet (guided-diffusion `UNetModel` / `SuperResModel`).
@@ -120,14 +134,7 @@ class UNetConfig(_Serializable):
             f"image_size {self.image_size} is not divisible by 2^{len(self.channel_mult) - 1} "
             f"(channel_mult has {len(self.channel_mult)} levels)",
         )
-        sizes = {self.image_size // 2**i for i in range(len(self.channel_mult))}
-        for res in self.attention_resolutions:
-            _check(res in sizes, f"attention resolution {res} px is not one of the UNet's sizes {sorted(sizes)}")
-        for mult in self.channel_mult:
-            ch = int(mult * self.model_channels)
-            _check(ch % 32 == 0, f"every level needs a multiple of 32 channels for GroupNorm(32); got {ch}")
-            if self.num_head_channels is not None:
-                _check(ch % self.num_head_channels == 0, f"{ch} channels do not split into heads of {self.num_head_channels}")
+        _check_levels(self, "UNet")
         if self.low_res_size is not None:
             _check(0 < self.low_res_size <= self.image_size, "low_res_size must be in (0, image_size]")
 
@@ -179,14 +186,7 @@ class ClassifierConfig(_Serializable):
         )
         down = 2 ** (len(self.channel_mult) - 1)
         _check(self.image_size % down == 0, f"image_size {self.image_size} is not divisible by {down}")
-        sizes = {self.image_size // 2**i for i in range(len(self.channel_mult))}
-        for res in self.attention_resolutions:
-            _check(res in sizes, f"attention resolution {res} px is not one of the encoder's sizes {sorted(sizes)}")
-        for mult in self.channel_mult:
-            ch = int(mult * self.model_channels)
-            _check(ch % 32 == 0, f"every level needs a multiple of 32 channels for GroupNorm(32); got {ch}")
-            if self.num_head_channels is not None:
-                _check(ch % self.num_head_channels == 0, f"{ch} channels do not split into heads of {self.num_head_channels}")
+        _check_levels(self, "encoder")
 
     @property
     def attention_ds(self) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import ArrayData, DataError, LabelRule, array_dataset
+from .image_data import ArrayData, DataError, LabelRule, array_dataset
 from .sample_format import one_line
 
 __all__ = ["read_idx", "write_idx", "is_idx_images", "find_idx_images", "idx_labels_path", "open_idx"]

@@ -1,4 +1,5 @@
-"""Streamed, atomic, resumable writing of sample files (``.npz`` / ``.h5``).
+"""Streamed, atomic, resumable writing of sample files (``.npz`` / ``.h5``): the formats, the
+resume rules and the `SampleWriter` base class that the two writers build on.
 
 Formats
 -------
@@ -12,8 +13,8 @@ Formats
           strings, e.g. ``config``), ``meta_json`` (the whole dict), ``total``,
           ``image_shape``, ``fingerprint``, ``done``, ``complete``.
 
-Writing (`open_sample_writer`)
-------------------------------
+Writing (`adm_cli.data.samples.open_sample_writer`)
+---------------------------------------------------
 Samples are written block by block as they are produced; nothing holds more than one
 block in memory.  Progress lives in a work area next to the output:
 
@@ -55,9 +56,9 @@ import numpy as np
 
 from adm_cli.files import DISK_FULL, fsync_dir, write_reason
 
-from .sample_format import SampleFileError, sample_kind
+from .sample_format import SampleFileError
 
-__all__ = ["SampleWriter", "open_sample_writer"]
+__all__ = ["SampleWriter"]
 
 _FORMAT_VERSION = 1
 _COPY_CHUNK = 16 << 20  # bytes copied at a time when streaming shards into the zip
@@ -259,44 +260,3 @@ class SampleWriter:
             raise SampleFileError(f"{self.path} exists; pass --overwrite to replace it")
         os.replace(src, self.path)
         fsync_dir(self.path.parent)
-
-
-# ---- npz
-
-
-def open_sample_writer(
-    path: str | os.PathLike,
-    *,
-    total: int,
-    image_shape: tuple[int, int, int],
-    meta: dict | None = None,
-    resume: bool = True,
-    overwrite: bool = False,
-    has_labels: bool = True,
-) -> SampleWriter:
-    """Open (or resume) an incremental writer for ``total`` samples of ``image_shape`` (H, W, C).
-
-    ``meta`` is stored with the file (command line, config, seeds, ...); its
-    ``"fingerprint"`` entry (e.g. checkpoint hash + sampler options + seed) must match
-    the one stored in an existing work area for it to be resumed.  ``resume=False``
-    discards an existing work area.  A finished ``path`` raises `SampleFileError`
-    unless ``overwrite=True`` (then it is replaced only when the new file is complete).
-    """
-    path = Path(path)
-    kind = sample_kind(path)
-    meta = dict(meta or {})
-    _dumps(meta)  # fail early on unserialisable meta
-    if int(total) < 0:
-        raise SampleFileError(f"{path}: total must be >= 0, got {total}")
-    if len(tuple(image_shape)) != 3 or any(int(s) <= 0 for s in image_shape):
-        raise SampleFileError(f"{path}: image_shape must be (H, W, C) with positive sizes, got {tuple(image_shape)}")
-    if os.path.lexists(path) and not overwrite:  # a symlink (even dangling) too
-        raise SampleFileError(f"{path} exists; pass --overwrite to replace it")
-    if path.is_dir():
-        raise SampleFileError(f"{path} is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from .sample_writer_h5 import _H5SampleWriter
-    from .sample_writer_npz import _NpzSampleWriter
-
-    cls = _NpzSampleWriter if kind == "npz" else _H5SampleWriter
-    return cls(path, total, image_shape, meta, has_labels, overwrite, resume)

@@ -30,12 +30,13 @@ import math
 
 import numpy as np
 
-from .datasets import DEFAULT_SYNTHETIC_SIZE, DataError, ImageData, LabelRule, rgb_to_gray
+from .image_data import DataError, ImageData, LabelRule, rgb_to_gray
 
 __all__ = ["SyntheticShapes", "CLASS_NAMES", "hash_uniforms", "render_shapes", "open_synthetic"]
 
 CLASS_NAMES = ("disc", "square", "triangle", "ring", "cross", "star", "bars", "crescent")
 MIN_SIZE = 8
+DEFAULT_SYNTHETIC_SIZE = 20000  # images in ``synthetic`` without ``:N``
 _PIXELS_PER_CHUNK = 1 << 20  # pixels drawn at once (bounds the float32 temporaries)
 _NUM_PARAMS = 14
 

@@ -1,0 +1,86 @@
+"""The package's structure: a light package face and import graphs that read top-down."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import adm_cli
+
+DATA = Path(adm_cli.__file__).parent / "data"
+
+
+def test_importing_config_does_not_load_torch():
+    # A fresh interpreter: this one has torch loaded already by other tests.
+    code = "import adm_cli.config, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_package_face_resolves_public_api():
+    from adm_cli.backend import make_backend
+    from adm_cli.checkpoint import load_model
+    from adm_cli.generate import SampleOptions, run_sampling, sample_images
+
+    assert adm_cli.load_model is load_model
+    assert adm_cli.make_backend is make_backend
+    assert adm_cli.SampleOptions is SampleOptions
+    assert adm_cli.run_sampling is run_sampling
+    assert adm_cli.sample_images is sample_images
+    assert isinstance(adm_cli.__version__, str)
+    assert set(adm_cli.__all__) <= set(dir(adm_cli))
+    for name in adm_cli.__all__:
+        assert getattr(adm_cli, name) is not None
+
+
+def test_package_face_unknown_name_is_attribute_error():
+    try:
+        adm_cli.no_such_name  # noqa: B018
+    except AttributeError as e:
+        assert "no_such_name" in str(e)
+    else:
+        raise AssertionError("adm_cli.no_such_name resolved")
+
+
+def _data_imports(path: Path) -> set[str]:
+    """Modules of ``adm_cli.data`` that ``path`` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:  # from .x import y
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:  # from . import x
+                found.update(a.name for a in node.names)
+            elif node.level == 0 and node.module and node.module.startswith("adm_cli.data."):
+                found.add(node.module.split(".")[2])
+            elif node.level == 0 and node.module == "adm_cli.data":
+                found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("adm_cli.data."):
+                    found.add(alias.name.split(".")[2])
+    return found
+
+
+def test_data_package_has_no_import_cycle():
+    modules = {p.stem for p in DATA.glob("*.py") if p.stem != "__init__"}
+    graph = {m: _data_imports(DATA / f"{m}.py") & modules for m in modules}
+    assert graph["datasets"] and graph["samples"]  # the walk does see imports
+
+    # Depth-first search; a node met again while still on the path closes a cycle.
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = path[path.index(module) :] + [module]
+            raise AssertionError("import cycle in adm_cli/data: " + " -> ".join(cycle))
+        if module in done:
+            return
+        for dep in sorted(graph[module]):
+            visit(dep, path + [module])
+        done.add(module)
+
+    for module in sorted(modules):
+        visit(module, [])
