@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import adm_cli
 
 DATA = Path(adm_cli.__file__).parent / "data"
@@ -84,3 +86,54 @@ def test_data_package_has_no_import_cycle():
 
     for module in sorted(modules):
         visit(module, [])
+
+
+# ---- one rule for --precision auto (issue 14, item 1)
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx"), [(False, False), (True, False), (False, True)])
+def test_auto_precision_is_one_rule(monkeypatch, avx512_bf16, amx):
+    """sample/upsample/interpolate (make_backend), training and the demo decide "auto" in one
+    place; the CPU's native bf16 is detected, and the CPU default stays fp32 (see resolve_precision)."""
+    import torch
+
+    from adm_cli.backend import make_backend, native_bf16, resolve_precision
+    from adm_cli.cli.train import _precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert native_bf16(cpu) == (avx512_bf16 or amx)
+    assert resolve_precision("auto", cpu) == resolve_precision(None, cpu) == "fp32"
+    assert make_backend("cpu", "auto").precision == "fp32"
+    assert _precision(None, "cpu") == _precision("auto", "cpu") == "fp32"
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_precision_refusals_are_one_rule():
+    import torch
+
+    from adm_cli.backend import BackendError, resolve_precision
+    from adm_cli.cli.train import _precision
+
+    for bad in (lambda: resolve_precision("fp16", torch.device("cpu")), lambda: _precision("fp16", "cpu")):
+        with pytest.raises(BackendError, match="fp16 needs a GPU"):
+            bad()
+    with pytest.raises(BackendError, match="unknown precision 'fp8'"):
+        _precision("fp8", "cpu")
+
+
+def test_torchrun_keeps_every_backend_choice():
+    """Under torchrun each process moves to its own GPU and keeps the rest (cast_weights too)."""
+    import torch
+
+    from adm_cli.backend import Backend, distributed_device
+
+    class Dist:
+        world_size, local_rank = 4, 3
+
+    single = Backend(torch.device("cuda"), "bf16", channels_last=True, compile=True, cast_weights=True)
+    moved = distributed_device(single, Dist())
+    assert moved.device == torch.device("cuda", 3)
+    assert (moved.precision, moved.channels_last, moved.compile, moved.cast_weights) == ("bf16", True, True, True)
+    assert distributed_device(Backend(torch.device("cpu"), "fp32"), Dist()) == Backend(torch.device("cpu"), "fp32")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import typer
 
-from adm_cli.backend import make_backend
+from adm_cli.backend import make_backend, resolve_device, resolve_precision
 from adm_cli.checkpoint import load_model
 from adm_cli.cli import options as o
 from adm_cli.cli.errors import UserError, check_writable, user_errors
@@ -52,7 +52,7 @@ def demo(
     reporter = Reporter(quiet=quiet)
     started = time.monotonic()
     data = DataSpec("synthetic", image_size=image_size)
-    precision = make_backend(device, "auto").precision
+    precision = resolve_precision("auto", resolve_device(device))
 
     def diffusion_configs(d) -> dict[str, Any]:
         spec, train = build_diffusion_configs(

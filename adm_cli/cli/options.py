@@ -92,7 +92,7 @@ Checkpoint = Annotated[Path, typer.Argument(help="adm checkpoint, or a guided-di
 Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present)")]
 Precision = Annotated[
     PrecisionChoice,
-    typer.Option("--precision", help="network precision; fp32 matches guided-diffusion exactly; auto = bf16 on GPUs, fp32 on CPU"),
+    typer.Option("--precision", help="network precision; fp32 matches guided-diffusion exactly; auto = bf16 on GPUs that compute it natively, else fp32 (bf16 on a CPU: ask for it)"),
 ]
 Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the network (GPU, long runs)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or messages on stderr")]

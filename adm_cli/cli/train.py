@@ -108,7 +108,7 @@ LRSchedule = Annotated[Optional[LRScheduleChoice], typer.Option("--lr-schedule",
 GradClip = Annotated[Optional[float], typer.Option("--grad-clip", help="clip the gradient norm", rich_help_panel=OPT)]
 Ema = Annotated[Optional[str], typer.Option("--ema", help="EMA rate(s), comma-separated; the first is used for sampling", rich_help_panel=OPT)]
 EmaWarmup = Annotated[Optional[bool], typer.Option("--ema-warmup/--no-ema-warmup", help="EMA rate min(r, (1+n)/(10+n)); off = guided-diffusion", rich_help_panel=OPT)]
-TrainPrecision = Annotated[Optional[str], typer.Option("--precision", help="fp32 (reference-exact), bf16 or fp16 (dynamic loss scaling); default bf16 on GPUs that have it", rich_help_panel=OPT)]
+TrainPrecision = Annotated[Optional[str], typer.Option("--precision", help="fp32 (reference-exact), bf16 or fp16 (dynamic loss scaling); default bf16 on GPUs that compute it natively, else fp32", rich_help_panel=OPT)]
 TrainSeed = Annotated[Optional[int], typer.Option("--seed", help="data order, noise and t", rich_help_panel=OPT, callback=o.seed)]
 Flip = Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="random horizontal flips", rich_help_panel=OPT)]
 
@@ -132,14 +132,9 @@ def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
 
 
 def _precision(value: str | None, device: str | None) -> str:
-    import torch
+    from adm_cli.backend import resolve_device, resolve_precision
 
-    if value in (None, "auto"):
-        cuda = (device or "").startswith("cuda") or (device in (None, "", "auto") and torch.cuda.is_available())
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if value not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"--precision must be fp32, bf16, fp16 or auto, got {value!r}")
-    return value
+    return resolve_precision(value, resolve_device(device))
 
 
 def _train_overrides(params: dict[str, Any]) -> dict[str, Any]:
