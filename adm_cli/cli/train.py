@@ -108,6 +108,10 @@ LRSchedule = Annotated[Optional[LRScheduleChoice], typer.Option("--lr-schedule",
 GradClip = Annotated[Optional[float], typer.Option("--grad-clip", help="clip the gradient norm", rich_help_panel=OPT)]
 Ema = Annotated[Optional[str], typer.Option("--ema", help="EMA rate(s), comma-separated; the first is used for sampling", rich_help_panel=OPT)]
 EmaWarmup = Annotated[Optional[bool], typer.Option("--ema-warmup/--no-ema-warmup", help="EMA rate min(r, (1+n)/(10+n)); off = guided-diffusion", rich_help_panel=OPT)]
+GradCheckpoint = Annotated[
+    bool,
+    typer.Option("--grad-checkpoint", help="recompute each block's activations in backward: much less memory, same losses and gradients, ~1 more forward per step", rich_help_panel=OPT),
+]
 TrainPrecision = Annotated[Optional[str], typer.Option("--precision", help="fp32 (reference-exact), bf16 or fp16 (dynamic loss scaling); default bf16 on GPUs that compute it natively, else fp32", rich_help_panel=OPT)]
 TrainSeed = Annotated[Optional[int], typer.Option("--seed", help="data order, noise and t", rich_help_panel=OPT, callback=o.seed)]
 Flip = Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="random horizontal flips", rich_help_panel=OPT)]
@@ -156,7 +160,7 @@ def _run_options(steps, minutes, save_every, save_minutes, log_every, keep, **ex
 
 # What a resumed run may change: how long and how it runs, not what it trains.
 RESUMABLE = {"data", "out", "resume", "steps", "minutes", "save_every", "save_minutes", "log_every", "keep",
-             "preview_every", "preview_images", "eval_every", "device", "compile", "quiet"}
+             "preview_every", "preview_images", "eval_every", "device", "compile", "grad_checkpoint", "quiet"}
 
 
 def _explicit(ctx: typer.Context) -> set[str]:
@@ -247,6 +251,7 @@ def train_diffusion(
     resume: Resume = False,
     device: o.Device = None,
     compile: o.Compile = False,
+    grad_checkpoint: GradCheckpoint = False,
     quiet: o.Quiet = False,
 ) -> None:
     """Train an ADM diffusion model (or a super-resolution model with --low-res-size)."""
@@ -276,7 +281,8 @@ def train_diffusion(
     data_spec = DataSpec(data, image_size, channels, labels.value) if data else None
     summary = run_training(
         "diffusion", out, data_spec=data_spec, make_configs=make_configs,
-        options=_run_options(steps, minutes, save_every, save_minutes, log_every, keep, preview_every=preview_every),
+        options=_run_options(steps, minutes, save_every, save_minutes, log_every, keep, preview_every=preview_every,
+                             grad_checkpoint=grad_checkpoint),
         device=device, compile=compile, reporter=reporter, resume=resume, command=o.command_line(ctx),
         preview_images=preview_images, explicit=_explicit(ctx),
     )
@@ -326,6 +332,7 @@ def train_classifier(
     resume: Resume = False,
     device: o.Device = None,
     compile: o.Compile = False,
+    grad_checkpoint: GradCheckpoint = False,
     quiet: o.Quiet = False,
 ) -> None:
     """Train the noise-aware classifier used for guidance (ADM Sec. 4)."""
@@ -364,7 +371,8 @@ def train_classifier(
     data_spec = DataSpec(data, image_size or size_hint, channels, labels.value) if data else None
     summary = run_training(
         "classifier", out, data_spec=data_spec, make_configs=make_configs,
-        options=_run_options(steps, minutes, save_every, save_minutes, log_every, keep, eval_every=eval_every),
+        options=_run_options(steps, minutes, save_every, save_minutes, log_every, keep, eval_every=eval_every,
+                             grad_checkpoint=grad_checkpoint),
         device=device, compile=compile, reporter=reporter, resume=resume, command=o.command_line(ctx),
         val_fraction=val_fraction, explicit=_explicit(ctx),
     )

@@ -32,6 +32,7 @@ from adm_cli.config import ClassifierConfig, DiffusionConfig, TrainConfig, UNetC
 from adm_cli.data.batches import BatchLoader, to_model_input
 from adm_cli.data.datasets import ImageData
 from adm_cli.data.images import save_grid
+from adm_cli.nn.layers import set_grad_checkpointing
 from adm_cli.reporting import Reporter
 from adm_cli.train.metrics import Meter
 from adm_cli.train.optim import LossScaler, ema_rate_at, grad_norm, learning_rate, make_optimizer, update_ema
@@ -57,6 +58,7 @@ class RunOptions:
     preview_every: int | None = None
     eval_every: int | None = None
     keep: int = 3
+    grad_checkpoint: bool = False  # recompute block activations in backward (less memory, same gradients)
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps <= 0:
@@ -195,6 +197,7 @@ def train(
     part = slice(dist.rank * local_batch, (dist.rank + 1) * local_batch)
 
     model = task.model.to(device).train()
+    set_grad_checkpointing(model, options.grad_checkpoint)
     if backend.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters())
