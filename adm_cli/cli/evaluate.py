@@ -82,11 +82,11 @@ def _inception(weights: Path | None, cache_dir: Path | None, device, resize: str
     return InceptionFeatures(net, found.network_id, device=device, resize=resize, weights=found)
 
 
-def _check_logits(net, metrics: str | None) -> None:
-    """``--metrics is`` asked for by name with weights that stop at pool_3: refused (the default
-    metric list reports it as unavailable instead)."""
-    if metrics is not None and "is" in _metrics(metrics, None) and not getattr(net, "has_logits", True):
-        where = net.weights.path if getattr(net, "weights", None) is not None else "the Inception weights"
+def _check_logits(net, asked: tuple[str, ...]) -> None:
+    """``--metrics is`` asked for by name (``asked``) with weights that stop at pool_3: refused
+    (the default metric list reports it as unavailable instead)."""
+    if "is" in asked and not net.has_logits:
+        where = net.weights.path if net.weights is not None else "the Inception weights"
         raise UserError(
             f"--metrics is needs the Inception logits, which {where} does not have (it stops at pool_3); "
             "use the standard pt_inception-2015-12-05-6726825d.pth, or leave is out"
@@ -139,7 +139,7 @@ def evaluate(
         net = ClassifierFeatures(load_model(features, expect="classifier"), device=dev)
     else:
         net = _inception(inception_weights, cache_dir, dev, resize.value, reporter)
-        _check_logits(net, metrics)
+        _check_logits(net, chosen if metrics is not None else ())
     fallback = cache_dir / "features" if cache_dir is not None else None
     result = run_evaluation(*sources, net, options=options, cache=cache, cache_fallback=fallback, reporter=reporter, device=str(dev))
     document = json.dumps({"ref": str(ref), "samples": str(samples), **result.as_json()}, indent=2)

@@ -28,6 +28,7 @@ from adm_cli.generate import (
     run_sampling,
     steps_for_nfe,
 )
+from adm_cli.generate.options import check_class_choice
 from adm_cli.reporting import Reporter, stdout_line
 
 EXAMPLE = """
@@ -200,8 +201,7 @@ def sample(
     check_outputs(out, grid, overwrite=overwrite)
     if guidance is not None and classifier is None:
         raise UserError("--guidance needs --classifier CKPT (for classifier-free guidance use --cfg-scale)")
-    if classes is ClassesChoice.balanced and class_label is not None:
-        raise UserError(f"--classes balanced spreads the images over every class; drop it or --class {class_label}")
+    check_class_choice(classes.value, class_label)  # before the model loads
     guidance = 1.0 if guidance is None else guidance
     choice = step_choice(ddim=ddim, steps=steps, nfe=nfe, respacing=respacing, sampler=sampler, spacing=spacing,
                          guided=(classifier is not None and guidance != 0) or cfg_scale != 0)

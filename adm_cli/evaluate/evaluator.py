@@ -104,32 +104,30 @@ class Evaluation:
         }
 
 
-def _statistics_count(path: Path) -> int | None:
-    """How many images a reference's stored μ/Σ are of, when adm wrote it (``adm_meta``); OpenAI's
-    batches do not say."""
-    if path.is_dir() or path.suffix.lower() != ".npz":
+def _statistics_count(stored: dict[str, np.ndarray]) -> int | None:
+    """How many images a reference's stored μ/Σ are of, from the ``adm_meta`` that `adm ref-batch`
+    writes (read with them by `read_precomputed`); OpenAI's batches do not say."""
+    if "adm_meta" not in stored:
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "adm_meta" not in z.files:
-                return None
-            n = json.loads(z["adm_meta"].tobytes().decode()).get("n_images")
-    except (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError):
+        n = json.loads(stored["adm_meta"].tobytes().decode()).get("n_images")
+    except (ValueError, UnicodeDecodeError, AttributeError):
         return None
     return int(n) if isinstance(n, int) else None
 
 
-def _source_record(src: ImageSource, statistics: str | None = None) -> dict:
+def _source_record(src: ImageSource, statistics: str | None = None, statistics_images: int | None = None) -> dict:
     path = getattr(src, "path", None)
     out = {"path": str(path) if path is not None else src.name, "images": len(src), "sha256": src.content_id()}
     if statistics is not None:
         out["statistics"] = statistics
-        out["statistics_images"] = len(src) if statistics == "computed" else (_statistics_count(path) if path is not None else None)
+        out["statistics_images"] = len(src) if statistics == "computed" else statistics_images
     return out
 
 
 def reproducibility_record(
-    ref: ImageSource, samples: ImageSource, net: FeatureNet, options: EvaluateOptions, precomputed: dict[str, list[str]]
+    ref: ImageSource, samples: ImageSource, net: FeatureNet, options: EvaluateOptions, precomputed: dict[str, list[str]],
+    *, ref_statistics_images: int | None = None,
 ) -> dict:
     """What a reader needs to reproduce (or refuse to compare) a number: adm's version, each
     input's path, image count and SHA-256 (a folder: of its files' names and bytes), whether the
@@ -139,7 +137,7 @@ def reproducibility_record(
     return {
         "adm_version": __version__,
         "samples": _source_record(samples),
-        "reference": _source_record(ref, "precomputed" if precomputed.get("ref") else "computed"),
+        "reference": _source_record(ref, "precomputed" if precomputed.get("ref") else "computed", ref_statistics_images),
         "network": describe() if describe is not None else {"id": net.id},
         "metrics": list(options.metrics),
         "k": {"precision_recall": K_NEIGHBOURS, "density_coverage": DENSITY_COVERAGE_K},
@@ -166,9 +164,10 @@ def comparability_warning(record: dict, metrics: tuple[str, ...]) -> str | None:
 
 
 def read_precomputed(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """``mu, sigma, mu_s, sigma_s`` stored in a reference npz / h5 (whichever are present)."""
+    """``mu, sigma, mu_s, sigma_s`` stored in a reference npz / h5 (whichever are present), and
+    ``adm_meta`` (the JSON bytes `adm ref-batch` writes: how many images they are of) when there."""
     path = Path(path)
-    names = [n for pair in PRECOMPUTED.values() for n in pair]
+    names = [n for pair in PRECOMPUTED.values() for n in pair] + ["adm_meta"]
     if path.is_dir() or path.suffix.lower() == ".npy":
         return {}
     try:
@@ -262,14 +261,17 @@ def evaluate(
 
     stats: dict[str, dict[str, FIDStatistics | None]] = {"ref": {}, "samples": {}}
     precomputed: dict[str, list[str]] = {}
+    ref_statistics_images = None
     for role, src in (("ref", ref_src), ("samples", sam_src)):
         stored = read_precomputed(src.path) if options.use_precomputed and has_spatial else {}
         for kind, dim in net.dims.items():
             stats[role][kind] = _stats_from_file(src.path, kind, dim, stored)
             if stats[role][kind] is not None:
                 precomputed.setdefault(role, []).append(kind)
+        if role == "ref":
+            ref_statistics_images = _statistics_count(stored)
 
-    record = reproducibility_record(ref_src, sam_src, net, options, precomputed)
+    record = reproducibility_record(ref_src, sam_src, net, options, precomputed, ref_statistics_images=ref_statistics_images)
     warning = comparability_warning(record, metrics)
     if warning is not None:  # up front: before an hour of features
         reporter.warn(warning)

@@ -18,6 +18,7 @@ import numpy as np
 
 from adm_cli.checkpoint import file_digest
 from adm_cli.data.datasets import ImageData
+from adm_cli.files import write_bytes_atomic
 from adm_cli.data.sample_reader import iter_sample_batches, list_sample_images, sample_info
 
 __all__ = ["ImageSource", "SampleSource", "DatasetSource", "CACHE_DIRNAME"]
@@ -87,9 +88,7 @@ class SampleSource:
         digest = _sha256_of_files(files, self.path) if self.path.is_dir() else file_digest(self.path)
         try:
             memo.parent.mkdir(exist_ok=True)
-            tmp = memo.with_name(memo.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"sha256": digest, "stamp": stamp, "v": MEMO_VERSION}))
-            os.replace(tmp, memo)
+            write_bytes_atomic(memo, json.dumps({"sha256": digest, "stamp": stamp, "v": MEMO_VERSION}).encode())
         except OSError:
             pass  # a read-only folder: hash again next time
         return digest

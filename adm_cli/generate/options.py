@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from adm_cli.diffusion import SPACINGS, Schedule, space_timesteps
 
@@ -13,7 +13,7 @@ Sampler = Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "unipc", "heun"]
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m", "dpm++3m", "unipc", "heun")
 ODE_SOLVERS = ("dpm++2m", "dpm++3m", "unipc", "heun")  # deterministic: no --eta
 ClassMode = Literal["random", "balanced"]
-CLASS_MODES: tuple[str, ...] = ("random", "balanced")
+CLASS_MODES: tuple[str, ...] = get_args(ClassMode)
 MIN_NFE = {"ddpm": 1, "ddim": 1, "dpm++2m": 2, "dpm++3m": 3, "unipc": 2, "heun": 3}
 DEFAULT_SOLVER_NFE = 20
 
@@ -46,6 +46,14 @@ def default_spacing(sampler: str, guided: bool) -> str | None:
     if sampler in ODE_SOLVERS:
         return "time-uniform" if guided else "logsnr"
     return None
+
+
+def check_class_choice(classes: str, class_label: int | None) -> None:
+    """``--classes`` is a known mode and not ``balanced`` together with a fixed ``--class``."""
+    if classes not in CLASS_MODES:
+        raise GenerateError(f"--classes must be one of {', '.join(CLASS_MODES)}, got {classes!r}")
+    if classes == "balanced" and class_label is not None:
+        raise GenerateError(f"--classes balanced spreads the images over every class; drop it or --class {class_label}")
 
 
 @dataclass(frozen=True)
@@ -95,12 +103,7 @@ class SampleOptions:
             raise GenerateError(f"--guidance-interval needs LO <= HI, got {self.guidance_interval}")
         if self.seed < 0:
             raise GenerateError(f"--seed must be >= 0, got {self.seed}")
-        if self.classes not in CLASS_MODES:
-            raise GenerateError(f"--classes must be one of {', '.join(CLASS_MODES)}, got {self.classes!r}")
-        if self.classes == "balanced" and self.class_label is not None:
-            raise GenerateError(
-                f"--classes balanced spreads the images over every class; drop it or --class {self.class_label}"
-            )
+        check_class_choice(self.classes, self.class_label)
 
     @property
     def guided(self) -> bool:

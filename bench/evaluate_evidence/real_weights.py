@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import adm, build_sets, file_name  # noqa: E402
+from run import adm, build_sets, file_name, write_results  # noqa: E402
 
 from adm_cli.data.datasets import open_dataset, rgb_to_gray  # noqa: E402
 from adm_cli.evaluate.weights import installed_fid_helper  # noqa: E402
@@ -70,12 +70,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     summary = {"reference": f"{args.n_ref} Fashion-MNIST training images (seed 0)", "network": record["network"] if record else None,
                "adm_version": record["adm_version"] if record else None, "rows": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = ["| image set (n) | FID | precision | recall | density | coverage |", "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['set']} ({r['n']}) | {r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(out, summary, {"fid": ("FID", ".2f"), **{k: (k, ".3f") for k in METRICS[1:]}})
 
 
 if __name__ == "__main__":

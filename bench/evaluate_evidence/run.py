@@ -67,6 +67,16 @@ def file_name(name: str) -> str:
     return name.replace(" ", "_").replace("/", "").replace(",", "").replace("=", "").replace("σ", "s").replace("(", "").replace(")", "") + ".npz"
 
 
+def write_results(out: Path, summary: dict, columns: dict[str, tuple[str, str]]) -> None:
+    """``summary.json`` and ``table.md`` (one row per image set; ``columns``: key → (header, format))."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = ["| image set (n) | " + " | ".join(h for h, _ in columns.values()) + " |", "|---|" + "---:|" * len(columns)]
+    for r in summary["rows"]:
+        lines.append(f"| {r['set']} ({r['n']}) | " + " | ".join(format(r[k], f) for k, (_, f) in columns.items()) + " |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="../shared/data/fashion-mnist")
@@ -103,12 +113,8 @@ def main() -> None:
     judge_run = json.loads((judge / "run.json").read_text())
     summary = {"reference": f"{args.n_ref} Fashion-MNIST training images (seed 0)", "features": "adm clean classifier, t = 0",
                "judge_command": judge_run.get("command"), "rows": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    lines = ["| image set (n) | FID | precision | recall | KID |", "|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['set']} ({r['n']}) | {r['fid']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['kid']:.4f} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(out, summary, {"fid": ("FID", ".3f"), "precision": ("precision", ".3f"), "recall": ("recall", ".3f"),
+                                 "kid": ("KID", ".4f")})
 
 
 if __name__ == "__main__":
