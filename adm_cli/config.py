@@ -254,7 +254,7 @@ class TrainConfig(_Serializable):
     at step n, so early EMA weights are usable (guided-diffusion has no warm-up: set it False
     to train exactly as it does).
     Diffusion-only: `loss`, `timestep_sampling`, `label_dropout`. Classifier-only: `noised`,
-    `random_crop`.
+    `random_crop`, `freeze_encoder` (train only the head, `out.*`; for fine-tuning with --init).
     """
 
     batch_size: int = 64
@@ -275,6 +275,7 @@ class TrainConfig(_Serializable):
     label_dropout: float = 0.0
     noised: bool = True
     random_crop: bool = False
+    freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ema_rates", tuple(float(r) for r in self.ema_rates))

@@ -15,7 +15,8 @@ from adm_cli.cli.errors import UserError, check_writable, user_errors
 from adm_cli.config import DEFAULT_TRAIN_PRESET, TRAIN_PRESETS, DiffusionConfig, default_training_diffusion
 from adm_cli.reporting import Reporter, stdout_line
 from adm_cli.train.loop import RunOptions
-from adm_cli.train.session import DataSpec, build_classifier_configs, build_diffusion_configs, run_training
+from adm_cli.train.init import classifier_config_from_init, load_init
+from adm_cli.train.session import DataSpec, build_classifier_configs, build_diffusion_configs, build_finetune_configs, run_training
 
 DIFFUSION_EXAMPLE = """
 Examples:
@@ -26,6 +27,14 @@ Examples:
       --batch-size 64 --precision bf16 --steps 200000 --preview-every 5000
 
   adm train-diffusion --out runs/faces --resume --steps 400000      # continue, same settings
+
+  adm train-diffusion ~/data/birds --out runs/birds --init 64x64_diffusion.pt \
+      --label-dropout 0.1 --batch-size 16 --lr 1e-5 --grad-checkpoint    # fine-tune OpenAI's model
+
+--init CKPT starts from the weights of any checkpoint adm samples (OpenAI's files, an adm
+checkpoint or run directory): its architecture and schedule, the data's classes (a new label
+embedding when they differ; conditional <-> unconditional both work), a fresh optimizer, EMA from
+these weights. --preset then only gives the training defaults.
 
 --resume keeps the run's options (--steps, --log-every, --save-every, --preview-every, --keep, ...)
 unless given again. One process at a time trains a run directory.
@@ -46,8 +55,12 @@ Examples:
   adm train-classifier ~/data/imagenet --out runs/clf128 --image-size 128 \\
       --schedule linear --steps 300000 --lr-schedule linear --batch-size 256
 
+  adm train-classifier ~/data/birds --out runs/birds-clf --init 64x64_classifier.pt \
+      --diffusion runs/birds --freeze-encoder --minutes 30     # fine-tune OpenAI's classifier
+
 The classifier sees x_t at t from the diffusion model's schedule (--diffusion CKPT_OR_RUN, or
---schedule/--diffusion-steps); --clean trains on clean images (t = 0).
+--schedule/--diffusion-steps); --clean trains on clean images (t = 0). --init CKPT starts from a
+classifier's weights (a new head when the class count differs); --freeze-encoder trains the head only.
 """
 
 
@@ -108,6 +121,10 @@ LRSchedule = Annotated[Optional[LRScheduleChoice], typer.Option("--lr-schedule",
 GradClip = Annotated[Optional[float], typer.Option("--grad-clip", help="clip the gradient norm", rich_help_panel=OPT)]
 Ema = Annotated[Optional[str], typer.Option("--ema", help="EMA rate(s), comma-separated; the first is used for sampling", rich_help_panel=OPT)]
 EmaWarmup = Annotated[Optional[bool], typer.Option("--ema-warmup/--no-ema-warmup", help="EMA rate min(r, (1+n)/(10+n)); off = guided-diffusion", rich_help_panel=OPT)]
+Init = Annotated[
+    Optional[Path],
+    typer.Option("--init", help="start from this checkpoint's weights (OpenAI file, adm checkpoint or run directory): fine-tuning", rich_help_panel=ARCH, show_default=False),
+]
 GradCheckpoint = Annotated[
     bool,
     typer.Option("--grad-checkpoint", help="recompute each block's activations in backward: much less memory, same losses and gradients, ~1 more forward per step", rich_help_panel=OPT),
@@ -205,7 +222,8 @@ def train_diffusion(
     ctx: typer.Context,
     out: Out,
     data: Data = None,
-    preset: Annotated[str, typer.Option("--preset", help=f"starting configuration: {', '.join(TRAIN_PRESETS)}")] = DEFAULT_TRAIN_PRESET,
+    preset: Annotated[str, typer.Option("--preset", help=f"starting configuration: {', '.join(TRAIN_PRESETS)} (with --init: training defaults only)")] = DEFAULT_TRAIN_PRESET,
+    init: Init = None,
     class_cond: Annotated[Optional[bool], typer.Option("--class-cond/--no-class-cond", help="condition on labels (default: when the data has labels)", rich_help_panel=ARCH)] = None,
     model_channels: Annotated[Optional[int], typer.Option("--model-channels", help="base width", rich_help_panel=ARCH)] = None,
     num_res_blocks: Annotated[Optional[int], typer.Option("--num-res-blocks", help="res blocks per resolution", rich_help_panel=ARCH)] = None,
@@ -274,17 +292,26 @@ def train_diffusion(
     train.update(loss=loss.value if loss else None, timestep_sampling=timestep_sampling.value if timestep_sampling else None,
                  label_dropout=label_dropout)
 
+    hints = {"image_size": image_size, "num_heads": num_heads, "num_head_channels": num_head_channels,
+             "low_res_size": low_res_size, "steps": diffusion_steps, "schedule": diffusion["schedule"]}
+    source = load_init(init, kinds=("diffusion", "super-res"), overrides=hints) if init is not None else None
+
     def make_configs(data) -> dict[str, Any]:
-        spec, config = build_diffusion_configs(data, preset=preset, unet=unet, diffusion=diffusion, train=train, class_cond=class_cond)
+        if source is not None:
+            spec, config = build_finetune_configs(data, source, preset=preset, unet=unet, diffusion=diffusion, train=train, class_cond=class_cond)
+        else:
+            spec, config = build_diffusion_configs(data, preset=preset, unet=unet, diffusion=diffusion, train=train, class_cond=class_cond)
         return {"unet": spec.unet.to_dict(), "diffusion": spec.diffusion.to_dict(), "train": config.to_dict()}
 
+    if source is not None and image_size is None:
+        image_size = source.loaded.config.image_size  # the data is resized to the model's size
     data_spec = DataSpec(data, image_size, channels, labels.value) if data else None
     summary = run_training(
         "diffusion", out, data_spec=data_spec, make_configs=make_configs,
         options=_run_options(steps, minutes, save_every, save_minutes, log_every, keep, preview_every=preview_every,
                              grad_checkpoint=grad_checkpoint),
         device=device, compile=compile, reporter=reporter, resume=resume, command=o.command_line(ctx),
-        preview_images=preview_images, explicit=_explicit(ctx),
+        preview_images=preview_images, explicit=_explicit(ctx), init=source,
     )
     _report(summary, out, reporter)
 
@@ -305,6 +332,8 @@ def train_classifier(
     num_head_channels: Annotated[Optional[int], typer.Option("--num-head-channels", rich_help_panel=ARCH)] = None,
     pool: Annotated[Optional[PoolChoice], typer.Option("--pool", help="output head", rich_help_panel=ARCH)] = None,
     dropout: Annotated[Optional[float], typer.Option("--dropout", rich_help_panel=ARCH)] = None,
+    init: Init = None,
+    freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="with --init: train only the head (out.*), keep the encoder's weights", rich_help_panel=OPT)] = False,
     random_crop: Annotated[Optional[bool], typer.Option("--random-crop/--no-random-crop", help="random resized crops (guided-diffusion's classifier augmentation)", rich_help_panel=OPT)] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="held out for validation accuracy", rich_help_panel=DATA)] = 0.05,
     batch_size: BatchSizeOpt = None,
@@ -360,12 +389,27 @@ def train_classifier(
         "num_head_channels": num_head_channels, "pool": pool.value if pool else None, "dropout": dropout,
     }
     train = _train_overrides(ctx.params)
-    train.update(noised=not clean, random_crop=random_crop)
+    train.update(noised=not clean, random_crop=random_crop, freeze_encoder=freeze_encoder or None)
+    if freeze_encoder and init is None:
+        raise UserError("--freeze-encoder needs --init (a classifier to keep the encoder of)")
+    source = load_init(init, kinds=("classifier",)) if init is not None else None
+    if source is not None:
+        init_size = source.loaded.config.image_size
+        if size_hint is not None and size_hint != init_size:
+            raise UserError(f"--init {source.loaded.path} classifies {init_size}x{init_size} images but the diffusion model makes {size_hint}x{size_hint}")
+        if image_size is not None and image_size != init_size:
+            raise UserError(f"--image-size {image_size} differs from the --init classifier's {init_size}x{init_size}")
+        size_hint = init_size
+        if source.loaded.diffusion is not None and diffusion is None and schedule is None and diffusion_steps is None:
+            diff_config = source.loaded.diffusion  # the schedule the classifier was trained for
 
     def make_configs(data) -> dict[str, Any]:
         if size_hint is not None and data.image_size != size_hint:
             raise UserError(f"the data is {data.image_size}x{data.image_size} but the diffusion model makes {size_hint}x{size_hint}; pass --image-size {size_hint}")
         config, tconfig = build_classifier_configs(data, classifier=classifier, diffusion=diff_config, train=train)
+        if source is not None:
+            given = {**classifier, "image_size": image_size}
+            config = classifier_config_from_init(source, data_classes=config.num_classes, given=given)
         return {"classifier": config.to_dict(), "diffusion": diff_config.to_dict(), "train": tconfig.to_dict()}
 
     data_spec = DataSpec(data, image_size or size_hint, channels, labels.value) if data else None
@@ -374,6 +418,6 @@ def train_classifier(
         options=_run_options(steps, minutes, save_every, save_minutes, log_every, keep, eval_every=eval_every,
                              grad_checkpoint=grad_checkpoint),
         device=device, compile=compile, reporter=reporter, resume=resume, command=o.command_line(ctx),
-        val_fraction=val_fraction, explicit=_explicit(ctx),
+        val_fraction=val_fraction, explicit=_explicit(ctx), init=source,
     )
     _report(summary, out, reporter)

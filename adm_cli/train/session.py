@@ -21,10 +21,12 @@ from adm_cli.data.datasets import ImageData, open_dataset, split_holdout
 from adm_cli.reporting import Reporter
 from adm_cli.train.classifier import ClassifierTask
 from adm_cli.train.diffusion import DiffusionTask
+from adm_cli.train.init import InitSource, diffusion_configs_from_init, freeze_encoder, reload_init, transfer_weights
 from adm_cli.train.loop import RunOptions, TrainError, train
+from adm_cli.train.objectives import default_loss
 from adm_cli.train.run_dir import RunDir, RunDirError, write_json_atomic
 
-__all__ = ["DataSpec", "build_classifier_configs", "build_diffusion_configs", "run_training"]
+__all__ = ["DataSpec", "build_classifier_configs", "build_diffusion_configs", "build_finetune_configs", "run_training"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,33 @@ def build_diffusion_configs(
         raise ConfigError("--loss hybrid needs a learned variance (--learn-sigma)")
     if data.image_size != spec.unet.image_size:
         raise ConfigError(f"the data is {data.image_size}x{data.image_size} but the model {spec.unet.image_size}x{spec.unet.image_size}; pass --image-size")
+    return spec, config
+
+
+def build_finetune_configs(
+    data: ImageData,
+    init: InitSource,
+    *,
+    preset: str,
+    unet: dict[str, Any],
+    diffusion: dict[str, Any],
+    train: dict[str, Any],
+    class_cond: bool | None,
+) -> tuple[ModelSpec, TrainConfig]:
+    """A run that starts from `init` (`--init`): the checkpoint's network and schedule with the
+    data's classes (`diffusion_configs_from_init`); training settings from the preset, then every
+    explicitly given option. The loss defaults to the paper's for the checkpoint's variance."""
+    unet_config, diffusion_config = diffusion_configs_from_init(
+        init, data_classes=data.num_classes, class_cond=class_cond, null_class=bool(train.get("label_dropout")),
+        unet=unet, diffusion=diffusion,
+    )
+    _, _, train_kw = preset_settings(preset, unet_config.image_size)
+    train_kw = _apply({**train_kw, "loss": default_loss(diffusion_config)}, train)
+    spec, config = ModelSpec(unet_config, diffusion_config), TrainConfig(**train_kw)
+    if config.loss == "hybrid" and not spec.diffusion.learned_variance:
+        raise ConfigError("--loss hybrid needs a learned variance, and the --init model has a fixed one")
+    if data.image_size != spec.unet.image_size:
+        raise ConfigError(f"the data is {data.image_size}x{data.image_size} but the --init model {spec.unet.image_size}x{spec.unet.image_size}")
     return spec, config
 
 
@@ -205,11 +234,13 @@ def run_training(
     val_fraction: float = 0.0,
     preview_images: int = 16,
     explicit: Collection[str] | None = None,
+    init: InitSource | None = None,
 ) -> dict[str, Any]:
     """Create (or resume) the run directory, build the task and train. `make_configs(data)`
     returns the configs dict stored in run.json for a new run: {"unet"/"classifier", "diffusion", "train"}.
     `explicit`: the run options given on the command line (a resume keeps the stored values of
-    the others); None means all of `options` are explicit."""
+    the others); None means all of `options` are explicit. `init`: the checkpoint a new run
+    starts from (`--init`, see `adm_cli.train.init`); `make_configs` has already used it."""
     run = RunDir(out)
     on_start = None
     try:
@@ -243,6 +274,8 @@ def run_training(
                 configs = make_configs(data)
                 description = _description(kind, data_spec, data, configs, command, val_fraction,
                                            _stored_options(options, preview_images))
+                if init is not None:
+                    description["init"] = init.record()
                 _on_main(dist, lambda: run.create(description))
             if dist.world_size > 1:
                 import torch.distributed as tdist
@@ -254,6 +287,11 @@ def run_training(
             if kind == "classifier" and val_fraction > 0:
                 data, val = split_holdout(data, val_fraction, seed=train_config.seed)
             task = _make_task(kind, configs, train_config, backend, dist, data, val, preview_images)
+            if description.get("init") and not run.checkpoint_steps():
+                _start_from(task, init if init is not None else reload_init(description["init"]), reporter)
+            if train_config.freeze_encoder:
+                frozen = freeze_encoder(task.model)
+                reporter.info(f"--freeze-encoder: {frozen / 1e6:.2f}M encoder parameters frozen, training the head (out.*)")
             reporter.info(_summary(kind, run, data, task, train_config, backend, dist))
             return train(task, data=data, config=train_config, options=options, run=run, backend=backend,
                          dist=dist, reporter=reporter, resume=resume, on_start=on_start)
@@ -268,6 +306,18 @@ def _make_task(kind: str, configs: dict[str, Any], train_config: TrainConfig, ba
         return ClassifierTask(ClassifierConfig.from_dict(configs["classifier"]), diffusion, train_config, backend, val=val, dist=dist)
     spec = ModelSpec(UNetConfig.from_dict(configs["unet"]), diffusion)
     return DiffusionTask(spec, train_config, backend, preview_images=preview_images, preview_data=data)
+
+
+def _start_from(task, init: InitSource, reporter: Reporter) -> None:
+    """Copy the --init weights into the task's fresh model, saying on stderr what changed."""
+    fresh = transfer_weights(task.model, init)
+    loaded = init.loaded
+    origin = f"OpenAI file, preset {loaded.preset}" if loaded.source == "openai" else f"adm checkpoint, step {loaded.step}"
+    reporter.info(f"starting from {loaded.path} ({origin}; sha256 {init.sha256[:12]}); fresh optimizer, EMA from these weights")
+    for change in init.changes:
+        reporter.info(f"--init: {change}")
+    if fresh:
+        reporter.info(f"--init: {len(fresh)} head tensor(s) freshly initialised ({', '.join(fresh)})")
 
 
 def _summary(kind: str, run: RunDir, data: ImageData, task, config: TrainConfig, backend: Backend, dist: Dist) -> str:
