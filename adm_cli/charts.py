@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from adm_cli.files import write_bytes_atomic
 
-__all__ = ["PALETTE", "Panel", "Series", "draw_chart", "font", "line_chart", "png_bytes", "write_png"]
+__all__ = ["PALETTE", "Panel", "Series", "draw_chart", "figure_height", "font", "line_chart", "png_bytes", "write_png"]
 
 PALETTE = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -334,18 +334,24 @@ def draw_chart(
 LEGEND_ROW = 24  # pixels per row of the figure legend
 
 
+def _legend_rows(draw: ImageDraw.ImageDraw, legend: Sequence[tuple[str, tuple[int, int, int]]], W: float) -> list[list[tuple[str, tuple[int, int, int], float]]]:
+    """The legend's items (label, colour, width) wrapped into rows that fit the canvas width W."""
+    f = font(13 * SS)
+    rows: list[list[tuple[str, tuple[int, int, int], float]]] = [[]]
+    for text, color in legend:
+        w = 50 * SS + draw.textlength(text, font=f)
+        if rows[-1] and sum(item[2] for item in rows[-1]) + w > W - 20 * SS:
+            rows.append([])
+        rows[-1].append((text, color, w))
+    return rows
+
+
 def _figure_legend(draw: ImageDraw.ImageDraw, legend: Sequence[tuple[str, tuple[int, int, int]]], top: int, W: int) -> int:
     """Swatches and labels in centred rows from `top`; returns the y below them."""
     f = font(13 * SS)
-    items = [(text, color, 34 * SS + draw.textlength(text, font=f) + 18 * SS) for text, color in legend]
-    rows: list[list[tuple[str, tuple[int, int, int], float]]] = [[]]
-    for item in items:
-        if rows[-1] and sum(w for *_, w in rows[-1]) + item[2] > W - 20 * SS:
-            rows.append([])
-        rows[-1].append(item)
     y = top + 4 * SS
-    for row in rows:
-        x = (W - sum(w for *_, w in row)) / 2
+    for row in _legend_rows(draw, legend, W):
+        x = (W - sum(item[2] for item in row)) / 2
         for text, color, w in row:
             yy = y + LEGEND_ROW * SS / 2
             draw.line([(x, yy), (x + 26 * SS, yy)], fill=color, width=4 * SS)
@@ -353,6 +359,15 @@ def _figure_legend(draw: ImageDraw.ImageDraw, legend: Sequence[tuple[str, tuple[
             x += w
         y += LEGEND_ROW * SS
     return int(y + 4 * SS)
+
+
+def figure_height(body: int, *, width: int, title: str = "", legend: Sequence[tuple[str, tuple[int, int, int]]] = ()) -> int:
+    """The height of a `width`-pixel figure whose panels take `body` pixels, with its title and legend."""
+    header = 32 if title else 0
+    if legend:
+        rows = _legend_rows(ImageDraw.Draw(Image.new("RGB", (1, 1))), legend, width * SS)
+        header += LEGEND_ROW * len(rows) + 8
+    return body + header
 
 
 def png_bytes(image: Image.Image) -> bytes:
