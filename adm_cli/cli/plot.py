@@ -28,7 +28,7 @@ images_per_s (classifier runs: loss, acc@1, val_acc@1, grad_norm, lr, images_per
 drawn on a log scale; a quantity no run logged is left out. Works on a run still training.
 """
 
-Runs = Annotated[list[Path], typer.Argument(help="run directories (each with metrics.jsonl)", show_default=False)]
+Runs = Annotated[list[Path], typer.Argument(help="run directories (each with metrics.jsonl)", metavar="RUN", show_default=False)]
 Out = Annotated[Path, typer.Option("--out", "-o", help="PNG file to write")]
 Smooth = Annotated[int, typer.Option("--smooth", help="moving average over N log lines (1: as logged)", callback=o.positive)]
 Quantities = Annotated[Optional[str], typer.Option("--quantities", help="comma-separated metrics.jsonl keys, e.g. loss,grad_norm,lr")]
