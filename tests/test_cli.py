@@ -12,7 +12,7 @@ from adm_cli.config import ClassifierConfig, DiffusionConfig
 from tests.conftest import TINY_CLASSIFIER, TINY_DIFFUSION, write_classifier
 
 runner = CliRunner()
-COMMANDS = ["sample", "info", "train-diffusion", "train-classifier", "upsample", "interpolate", "evaluate", "ref-batch"]
+COMMANDS = ["sample", "info", "train-diffusion", "train-classifier", "upsample", "interpolate", "evaluate", "ref-batch", "plot"]
 
 
 def run(*args):

@@ -227,16 +227,24 @@ def test_resume_before_the_first_checkpoint_starts_from_the_init_file_again(base
         (["--image-size", "16"], "--image-size 16 (the checkpoint has 8)"),
         (["--schedule", "linear"], "--init fixes the noise schedule; drop --schedule linear (the checkpoint has cosine)"),
         (["--low-res-size", "4"], "--low-res-size 4 (the checkpoint has None)"),
-        (["--resume"], "--init cannot change on --resume"),
     ],
 )
 def test_options_that_would_change_the_checkpoint_are_refused(base_runs, tmp_path, extra, message):
     out = tmp_path / "x"
-    args = ["train-diffusion", base_runs["four"], "--out", out, "--init", base_runs["cond"], *extra]
-    if "--resume" in extra:
-        out.mkdir()
-    assert message in adm_fails(*args)
-    assert not out.exists() or not any(out.iterdir())
+    assert message in adm_fails("train-diffusion", base_runs["four"], "--out", out, "--init", base_runs["cond"], *extra)
+    assert not out.exists()
+
+
+def test_the_same_command_resumes_with_init_and_another_file_is_refused(base_runs, tmp_path):
+    out = tmp_path / "ft"
+    command = ["train-diffusion", base_runs["four"], "--out", out, "--init", base_runs["cond"], *RUN, "--lr", "1e-5"]
+    adm(*command, "--steps", "1")
+    adm(*command, "--steps", "2", "--resume")
+    assert newest(out)["step"] == 2
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    message = adm_fails("train-diffusion", "--out", out, "--init", base_runs["uncond"], "--resume")
+    assert "is not the file the run started from" in message
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
 
 
 def test_bad_init_files_are_refused_and_leave_no_run(base_runs, models, tmp_path):

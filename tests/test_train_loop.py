@@ -216,7 +216,7 @@ def test_user_errors(tmp_path):
     np.savez(tmp_path / "unlabelled.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
     assert "labelled" in adm_fails("train-classifier", tmp_path / "unlabelled.npz", "--out", tmp_path / "c", "--steps", 1)
     adm("train-diffusion", DATA, "--out", tmp_path / "d", *TINY, "--steps", 1)
-    assert "--lr cannot change on --resume" in adm_fails("train-diffusion", "--out", tmp_path / "d", "--resume", "--lr", "1e-3")
+    assert "--lr 0.001 differs from the run's 0.0003" in adm_fails("train-diffusion", "--out", tmp_path / "d", "--resume", "--lr", "1e-3")
     assert "diffusion run" in adm_fails("train-classifier", "--out", tmp_path / "d", "--resume", "--steps", 1)
 
 

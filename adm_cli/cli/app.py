@@ -20,6 +20,8 @@ from adm_cli.cli.evaluate import EVALUATE_EXAMPLE, REF_BATCH_EXAMPLE, evaluate, 
 from adm_cli.cli.info import info
 from adm_cli.cli.interpolate import EXAMPLE as INTERPOLATE_EXAMPLE
 from adm_cli.cli.interpolate import interpolate
+from adm_cli.cli.plot import EXAMPLE as PLOT_EXAMPLE
+from adm_cli.cli.plot import plot
 from adm_cli.cli.sample import EXAMPLE, sample
 from adm_cli.cli.train import CLASSIFIER_EXAMPLE, DIFFUSION_EXAMPLE, train_classifier, train_diffusion
 from adm_cli.cli.upsample import EXAMPLE as UPSAMPLE_EXAMPLE
@@ -95,3 +97,4 @@ app.command("evaluate", epilog=EVALUATE_EXAMPLE)(evaluate)
 app.command("ref-batch", epilog=REF_BATCH_EXAMPLE)(ref_batch)
 app.command("upsample", epilog=UPSAMPLE_EXAMPLE)(upsample)
 app.command("interpolate", epilog=INTERPOLATE_EXAMPLE)(interpolate)
+app.command("plot", epilog=PLOT_EXAMPLE)(plot)

@@ -16,6 +16,7 @@ from adm_cli.data.datasets import DataError
 from adm_cli.generate import GenerateError
 from adm_cli.evaluate import EvaluateError, InceptionWeightsError
 from adm_cli.train import RunDirError, TrainError
+from adm_cli.train.plot import PlotError
 
 
 class UserError(ValueError):
@@ -24,7 +25,7 @@ class UserError(ValueError):
 
 USER_ERRORS = (
     UserError, BackendError, CheckpointError, ConfigError, SampleFileError, GenerateError, DataError, RunDirError, TrainError,
-    EvaluateError, InceptionWeightsError,
+    EvaluateError, InceptionWeightsError, PlotError,
 )
 F = TypeVar("F", bound=Callable)
 

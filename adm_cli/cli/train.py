@@ -12,9 +12,11 @@ from adm_cli.backend import torchrun_env
 from adm_cli.checkpoint import load_model
 from adm_cli.cli import options as o
 from adm_cli.cli.errors import UserError, check_writable, user_errors
+from adm_cli.cli.resume import check_resume_options
 from adm_cli.config import DEFAULT_TRAIN_PRESET, TRAIN_PRESETS, DiffusionConfig, default_training_diffusion
 from adm_cli.reporting import Reporter, stdout_line
 from adm_cli.train.loop import RunOptions
+from adm_cli.train.run_dir import RunDir
 from adm_cli.train.init import classifier_config_from_init, load_init
 from adm_cli.train.session import DataSpec, build_classifier_configs, build_diffusion_configs, build_finetune_configs, run_training
 
@@ -37,7 +39,9 @@ embedding when they differ; conditional <-> unconditional both work), a fresh op
 these weights. --preset then only gives the training defaults.
 
 --resume keeps the run's options (--steps, --log-every, --save-every, --preview-every, --keep, ...)
-unless given again. One process at a time trains a run directory.
+unless given again. What the run trains (architecture, optimisation, data) may be repeated with the
+run's values, so the first command with --resume added continues; a differing value is refused.
+One process at a time trains a run directory.
 
   torchrun --nproc-per-node 8 -m adm_cli train-diffusion imagenet/ --out runs/in64 \\
       --preset imagenet64 --batch-size 2048 --microbatch 64 --precision bf16
@@ -191,20 +195,18 @@ def _explicit(ctx: typer.Context) -> set[str]:
     return given
 
 
-def _check_resume_flags(ctx: typer.Context, resume: bool) -> None:
-    """On --resume the run's stored settings hold; a flag that would change them is refused."""
+def _check_resume_flags(ctx: typer.Context, resume: bool, *, out: Path, kind: str, make_configs, init=None) -> None:
+    """On --resume the run's stored settings hold: an option given again with the run's value is
+    accepted, one that would change them is refused (all named in one `error:` line). --init is
+    accepted when it is the file the run started from (same SHA-256)."""
     if not resume:
         return
-    def on_command_line(name: str) -> bool:
-        source = ctx.get_parameter_source(name)
-        return source is not None and source.name == "COMMANDLINE"
-
-    changed = [f"--{name.replace('_', '-')}" for name in ctx.params if name not in RESUMABLE and on_command_line(name)]
-    if changed:
-        raise UserError(
-            f"{', '.join(changed)} cannot change on --resume (the run's settings are in its run.json); "
-            "start a new run to change them"
-        )
+    if init is not None:
+        started = RunDir(out).read_description().get("init") or {}
+        if started.get("sha256") != init.sha256:
+            was = f"the run started from {started['path']}" if started else "the run did not start from a checkpoint"
+            raise UserError(f"--init {init.loaded.path} is not the file the run started from ({was}); drop --init to resume")
+    check_resume_options(ctx, out=out, kind=kind, make_configs=make_configs, resumable=RESUMABLE | {"init"})
 
 
 def _report(summary: dict[str, Any], out: Path, reporter: Reporter) -> None:
@@ -273,7 +275,6 @@ def train_diffusion(
     quiet: o.Quiet = False,
 ) -> None:
     """Train an ADM diffusion model (or a super-resolution model with --low-res-size)."""
-    _check_resume_flags(ctx, resume)
     check_writable(out / "run.json")
     reporter = Reporter(quiet=quiet or not torchrun_env().is_main)
     unet = {
@@ -305,6 +306,7 @@ def train_diffusion(
 
     if source is not None and image_size is None:
         image_size = source.loaded.config.image_size  # the data is resized to the model's size
+    _check_resume_flags(ctx, resume, out=out, kind="diffusion", make_configs=make_configs, init=source)
     data_spec = DataSpec(data, image_size, channels, labels.value) if data else None
     summary = run_training(
         "diffusion", out, data_spec=data_spec, make_configs=make_configs,
@@ -365,7 +367,6 @@ def train_classifier(
     quiet: o.Quiet = False,
 ) -> None:
     """Train the noise-aware classifier used for guidance (ADM Sec. 4)."""
-    _check_resume_flags(ctx, resume)
     check_writable(out / "run.json")
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
@@ -412,6 +413,7 @@ def train_classifier(
             config = classifier_config_from_init(source, data_classes=config.num_classes, given=given)
         return {"classifier": config.to_dict(), "diffusion": diff_config.to_dict(), "train": tconfig.to_dict()}
 
+    _check_resume_flags(ctx, resume, out=out, kind="classifier", make_configs=make_configs, init=source)
     data_spec = DataSpec(data, image_size or size_hint, channels, labels.value) if data else None
     summary = run_training(
         "classifier", out, data_spec=data_spec, make_configs=make_configs,

@@ -11,7 +11,7 @@ reference batch of real training images in the feature space of a separately tra
 classifier: FID, precision, recall. The reference row of each mode is DDPM with --reference-steps
 (default: every trained step). Every call is a subprocess of `python -m adm_cli`; finished sample
 files are kept, so a killed run continues. Writes OUT/results.json, OUT/table.md and
-OUT/fid_vs_nfe.png (drawn with bench/train_evidence/plot.py).
+OUT/fid_vs_nfe.png (drawn with adm_cli.charts).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "train_evidence"))
+from adm_cli import charts as plot
 
-import plot  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SOLVERS = ("ddim", "dpm++2m", "dpm++3m", "unipc", "heun")
 COLORS = {"ddim": (120, 120, 120), "dpm++2m": (31, 119, 180), "dpm++3m": (44, 160, 44), "unipc": (214, 39, 40),
