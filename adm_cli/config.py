@@ -311,7 +311,8 @@ class TrainConfig(_Serializable):
             f"unknown timestep sampling {self.timestep_sampling!r}",
         )
         _check(0.0 <= self.label_dropout < 1.0, f"label dropout must be in [0, 1), got {self.label_dropout}")
-        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, f"Min-SNR γ must be positive, got {self.min_snr_gamma}")
+        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
+               f"Min-SNR γ must be positive, got {self.min_snr_gamma}")
         _check(self.p2_gamma >= 0, f"P2 γ must be >= 0, got {self.p2_gamma}")
         _check(self.p2_k >= 0, f"P2 k must be >= 0, got {self.p2_k}")
         _check(self.input_perturbation >= 0, f"input perturbation γ must be >= 0, got {self.input_perturbation}")

@@ -39,6 +39,7 @@ from adm_cli.train.diffusion import DiffusionTask
 from adm_cli.train.objectives import diffusion_terms, input_perturbed_noise
 from adm_cli.train.weighting import min_snr_weight, mse_weight, p2_weight, snr
 from tests.conftest import TINY_UNET, write_unet
+from tests.test_train_loop import assert_same_state
 
 GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "golden" / "objectives" / "values.json"
 GOLDEN_RTOL = 1e-6
@@ -331,6 +332,15 @@ def test_v_prediction_run_trains_and_samples(tmp_path) -> None:
         assert np.load(out)["arr_0"].shape == (2, 8, 8, 3)
     assert "--min-snr-gamma cannot change on --resume" in adm_fails(
         "train-diffusion", "--out", run, "--resume", "--steps", 3, "--min-snr-gamma", 1)
+
+
+def test_resume_with_the_objectives_is_exact(tmp_path) -> None:
+    """2 steps in one go == 1 step, stop, resume to 2: ξ comes from each step's seeded generator."""
+    opts = [*TINY, "--prediction", "v", "--min-snr-gamma", 5, "--input-perturbation", 0.1, "--timestep-sampling", "loss-second-moment"]
+    adm("train-diffusion", DATA, "--out", tmp_path / "a", *opts, "--steps", 2)
+    adm("train-diffusion", DATA, "--out", tmp_path / "b", *opts, "--steps", 1)
+    adm("train-diffusion", "--out", tmp_path / "b", "--resume", "--steps", 2, "--quiet", "--log-every", 1)
+    assert_same_state(tmp_path / "a/checkpoints/step-00000002.pt", tmp_path / "b/checkpoints/step-00000002.pt")
 
 
 def test_p2_and_legacy_prediction_flags(tmp_path) -> None:

@@ -99,7 +99,8 @@ class DiffusionTask:
         return diffusion_terms(
             out, x0=inputs["x0"], x_t=inputs["x_t"], t=t, noise=inputs["noise"],
             schedule=self.schedule, config=self.diffusion, loss=self.train_config.loss,
-            min_snr_gamma=self.train_config.min_snr_gamma, p2_gamma=self.train_config.p2_gamma, p2_k=self.train_config.p2_k,
+            min_snr_gamma=self.train_config.min_snr_gamma,
+            p2_gamma=self.train_config.p2_gamma, p2_k=self.train_config.p2_k,
         )
 
     def observe(self, t: Tensor, losses: Tensor) -> None:

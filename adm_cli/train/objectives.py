@@ -33,9 +33,12 @@ def default_loss(config: DiffusionConfig) -> Loss:
 
 
 def input_perturbed_noise(noise: Tensor, xi: Tensor, gamma: float) -> Tensor:
-    """ε + γ ξ, the noise x_t is built from under input perturbation: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) (ε + γ ξ)
-    with ξ ~ N(0, I) independent of ε; the target stays ε (Ning et al. 2023, arXiv 2301.11706;
-    forever208/DDPM-IP gaussian_diffusion.py training_losses, γ = 0.1 there)."""
+    """ε + γ ξ, the noise x_t is built from under input perturbation (DDPM-IP).
+
+    x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) (ε + γ ξ), ξ ~ N(0, I) independent of ε; the target stays ε
+    (Ning et al. 2023, arXiv 2301.11706; forever208/DDPM-IP gaussian_diffusion.py training_losses,
+    γ = 0.1 there).
+    """
     return noise + gamma * xi
 
 
@@ -97,7 +100,8 @@ def diffusion_terms(
     else:
         target = q_velocity(x0, t, noise, schedule=schedule)
     terms["mse"] = mean_flat((target.float() - mean_out) ** 2)
-    weight = mse_weight(schedule, t, mean_type=config.mean_type, min_snr_gamma=min_snr_gamma, p2_gamma=p2_gamma, p2_k=p2_k)
+    weight = mse_weight(schedule, t, mean_type=config.mean_type, min_snr_gamma=min_snr_gamma,
+                        p2_gamma=p2_gamma, p2_k=p2_k)
     if weight is not None:
         terms["mse"] = weight * terms["mse"]
     terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]

@@ -26,8 +26,8 @@ def snr(alpha_bar: Tensor) -> Tensor:
 def min_snr_weight(snr_t: Tensor, gamma: float, mean_type: Literal["epsilon", "x0", "v"]) -> Tensor:
     """Min-SNR-γ loss weight w_t = min(SNR_t, γ), expressed for the network's output type.
 
-    The x_0 loss ‖x_0 − x̂_0‖² weighted by min(SNR_t, γ) (Hang et al. 2023, arXiv 2303.09556, Sec. 3) equals, since
-    ‖ε − ε̂‖² = SNR_t ‖x_0 − x̂_0‖² and ‖v − v̂‖² = (SNR_t + 1) ‖x_0 − x̂_0‖²:
+    The x_0 loss ‖x_0 − x̂_0‖² weighted by min(SNR_t, γ) (Hang et al. 2023, arXiv 2303.09556, Sec. 3)
+    equals, since ‖ε − ε̂‖² = SNR_t ‖x_0 − x̂_0‖² and ‖v − v̂‖² = (SNR_t + 1) ‖x_0 − x̂_0‖²:
       ε-prediction  min(SNR_t, γ) / SNR_t
       x_0           min(SNR_t, γ)
       v             min(SNR_t, γ) / (SNR_t + 1)
