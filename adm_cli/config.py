@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 Schedule = Literal["linear", "cosine"]
-MeanType = Literal["epsilon", "x0"]
+MeanType = Literal["epsilon", "x0", "v"]
 VarType = Literal["fixed_small", "fixed_large", "learned_range", "learned"]
 AttentionOrder = Literal["legacy", "new"]
 Pool = Literal["adaptive", "attention", "spatial", "spatial_v2"]
@@ -198,6 +198,8 @@ class ClassifierConfig(_Serializable):
 class DiffusionConfig(_Serializable):
     """The Gaussian diffusion process a model was trained with (DDPM / IDDPM / ADM).
 
+    `mean_type` is what the network's first C output channels predict: "epsilon" (ε, DDPM),
+    "x0" (x_0) or "v" (v = α_t ε − σ_t x_0 with α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t); Salimans & Ho 2022).
     `rescale_timesteps` feeds the network t * 1000 / steps (improved-diffusion's option;
     every published guided-diffusion model has it off).
     """
@@ -211,7 +213,7 @@ class DiffusionConfig(_Serializable):
     def __post_init__(self) -> None:
         _check(self.steps > 0, f"diffusion steps must be positive, got {self.steps}")
         _check(self.schedule in ("linear", "cosine"), f"unknown noise schedule {self.schedule!r}")
-        _check(self.mean_type in ("epsilon", "x0"), f"unknown mean type {self.mean_type!r}")
+        _check(self.mean_type in ("epsilon", "x0", "v"), f"unknown mean type {self.mean_type!r}")
         _check(
             self.var_type in ("fixed_small", "fixed_large", "learned_range", "learned"),
             f"unknown variance type {self.var_type!r}",
@@ -253,8 +255,14 @@ class TrainConfig(_Serializable):
     EMA rates are applied after every step; with `ema_warmup` the rate is min(rate, (1+n)/(10+n))
     at step n, so early EMA weights are usable (guided-diffusion has no warm-up: set it False
     to train exactly as it does).
-    Diffusion-only: `loss`, `timestep_sampling`, `label_dropout`. Classifier-only: `noised`,
-    `random_crop`, `freeze_encoder` (train only the head, `out.*`; for fine-tuning with --init).
+    Diffusion-only: `loss`, `timestep_sampling`, `label_dropout`, and the objectives beyond ADM
+    (all off by default, so that a run without them trains exactly as before):
+      min_snr_gamma       γ of Min-SNR-γ: the MSE term weighted by min(SNR_t, γ)/SNR_t for ε,
+                          min(SNR_t, γ) for x_0, min(SNR_t, γ)/(SNR_t + 1) for v (Hang et al. 2023)
+      p2_gamma, p2_k      P2 weighting: the MSE term weighted by 1/(k + SNR_t)^γ (Choi et al. 2022)
+      input_perturbation  γ of DDPM-IP: x_t from ε + γ ξ, the target still ε (Ning et al. 2023)
+    Classifier-only: `noised`, `random_crop`, `freeze_encoder` (train only the head, `out.*`; for
+    fine-tuning with --init).
     """
 
     batch_size: int = 64
@@ -273,6 +281,10 @@ class TrainConfig(_Serializable):
     loss: Literal["simple", "hybrid", "kl"] = "simple"
     timestep_sampling: Literal["uniform", "loss-second-moment"] = "uniform"
     label_dropout: float = 0.0
+    min_snr_gamma: float | None = None
+    p2_gamma: float = 0.0
+    p2_k: float = 1.0
+    input_perturbation: float = 0.0
     noised: bool = True
     random_crop: bool = False
     freeze_encoder: bool = False
@@ -301,6 +313,20 @@ class TrainConfig(_Serializable):
             f"unknown timestep sampling {self.timestep_sampling!r}",
         )
         _check(0.0 <= self.label_dropout < 1.0, f"label dropout must be in [0, 1), got {self.label_dropout}")
+        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0,
+               f"Min-SNR γ must be positive, got {self.min_snr_gamma}")
+        _check(self.p2_gamma >= 0, f"P2 γ must be >= 0, got {self.p2_gamma}")
+        _check(self.p2_k >= 0, f"P2 k must be >= 0, got {self.p2_k}")
+        _check(self.input_perturbation >= 0, f"input perturbation γ must be >= 0, got {self.input_perturbation}")
+        _check(
+            self.min_snr_gamma is None or self.p2_gamma == 0,
+            "Min-SNR-γ and P2 weighting both weight the MSE term; choose one",
+        )
+        weighting = "Min-SNR-γ" if self.min_snr_gamma is not None else "P2" if self.p2_gamma > 0 else None
+        _check(
+            weighting is None or self.loss != "kl",
+            f"{weighting} weighting acts on the MSE term, which the kl loss does not have; use --loss simple or hybrid",
+        )
 
 
 # --- The paper's published configurations (guided-diffusion README, "Download pre-trained models").

@@ -112,7 +112,7 @@ Sampler = Annotated[
         "--sampler",
         help="ddpm (ancestral; uses a learned variance), ddim, dpm++2m, dpm++3m (DPM-Solver++ multistep), unipc "
         "(UniPC-bh2, order 2) or heun (EDM Alg. 1, 2 evaluations a step). The ODE solvers (ddim, dpm++, unipc, "
-        "heun) use only the ε channels of learned-Σ models",
+        "heun) use only the mean channels (ε, x_0 or v) of learned-Σ models",
         show_default="ddpm",
     ),
 ]

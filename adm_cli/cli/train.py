@@ -49,6 +49,12 @@ One process at a time trains a run directory.
 DATA: an image folder (classes from sub-folders or guided-diffusion's "class_name.png" prefix),
 .npz (arr_0 images, arr_1 labels), .h5, an MNIST/Fashion-MNIST IDX folder, or "synthetic".
 --batch-size is the global batch (all processes together).
+
+Objectives beyond ADM (each stored in the checkpoint; every sampler honours --prediction):
+
+  adm train-diffusion data/ --out runs/v --prediction v --min-snr-gamma 5     # Hang et al. 2023
+  adm train-diffusion data/ --out runs/p2 --p2-gamma 1 --p2-k 1               # Choi et al. 2022
+  adm train-diffusion data/ --out runs/ip --input-perturbation 0.1            # Ning et al. 2023
 """
 
 CLASSIFIER_EXAMPLE = """
@@ -72,6 +78,15 @@ class LossChoice(str, Enum):
     simple = "simple"
     hybrid = "hybrid"
     kl = "kl"
+
+
+class PredictionChoice(str, Enum):
+    eps = "eps"
+    x0 = "x0"
+    v = "v"
+
+
+MEAN_TYPES = {"eps": "epsilon", "x0": "x0", "v": "v"}
 
 
 class TimestepChoice(str, Enum):
@@ -174,6 +189,15 @@ def _train_overrides(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _mean_type(prediction: PredictionChoice | None, predict_x0: bool | None) -> str | None:
+    """DiffusionConfig.mean_type from --prediction and the older --predict-x0/--predict-eps (None: the preset's)."""
+    legacy = None if predict_x0 is None else ("x0" if predict_x0 else "eps")
+    if prediction is not None and legacy is not None and prediction.value != legacy:
+        raise UserError(f"--prediction {prediction.value} contradicts --predict-{legacy}; give one of them")
+    chosen = prediction.value if prediction is not None else legacy
+    return None if chosen is None else MEAN_TYPES[chosen]
+
+
 def _run_options(steps, minutes, save_every, save_minutes, log_every, keep, **extra) -> RunOptions:
     return RunOptions(steps=steps, minutes=minutes, save_every=save_every, save_minutes=save_minutes,
                       log_every=log_every, keep=keep, **extra)
@@ -241,8 +265,13 @@ def train_diffusion(
     low_res_size: Annotated[Optional[int], typer.Option("--low-res-size", help="train a super-resolution model from this size", rich_help_panel=ARCH)] = None,
     diffusion_steps: Annotated[Optional[int], typer.Option("--diffusion-steps", help="T", rich_help_panel=ARCH)] = None,
     schedule: Annotated[Optional[o.ScheduleChoice], typer.Option("--schedule", help="noise schedule", rich_help_panel=ARCH)] = None,
-    predict_x0: Annotated[Optional[bool], typer.Option("--predict-x0/--predict-eps", help="network predicts x_0 instead of ε", rich_help_panel=ARCH)] = None,
-    loss: Annotated[Optional[LossChoice], typer.Option("--loss", help="simple (ε MSE), hybrid (+ λ L_vlb, learned σ) or kl", rich_help_panel=OPT)] = None,
+    prediction: Annotated[Optional[PredictionChoice], typer.Option("--prediction", help="what the network predicts: eps (ε, default), x0, or v = α_t ε − σ_t x_0 (Salimans & Ho 2022)", rich_help_panel=ARCH)] = None,
+    predict_x0: Annotated[Optional[bool], typer.Option("--predict-x0/--predict-eps", help="same as --prediction x0 / eps", rich_help_panel=ARCH)] = None,
+    loss: Annotated[Optional[LossChoice], typer.Option("--loss", help="simple (MSE of the prediction), hybrid (+ λ L_vlb, learned σ) or kl", rich_help_panel=OPT)] = None,
+    min_snr_gamma: Annotated[Optional[float], typer.Option("--min-snr-gamma", help="Min-SNR-γ: weight the MSE term by min(SNR_t, γ) in x_0 terms (Hang et al. 2023 use γ = 5); not with --loss kl or --p2-gamma", rich_help_panel=OPT)] = None,
+    p2_gamma: Annotated[Optional[float], typer.Option("--p2-gamma", help="P2: weight the MSE term by 1/(k + SNR_t)^γ (Choi et al. 2022 use γ = 0.5 or 1, k = 1); 0 = off", rich_help_panel=OPT)] = None,
+    p2_k: Annotated[Optional[float], typer.Option("--p2-k", help="k of P2 weighting (default 1)", rich_help_panel=OPT)] = None,
+    input_perturbation: Annotated[Optional[float], typer.Option("--input-perturbation", help="DDPM-IP: x_t made from ε + γ ξ, ξ ~ N(0, I), the target still ε (Ning et al. 2023 use γ = 0.1); 0 = off", rich_help_panel=OPT)] = None,
     timestep_sampling: Annotated[Optional[TimestepChoice], typer.Option("--timestep-sampling", help="uniform or loss-second-moment (IDDPM)", rich_help_panel=OPT)] = None,
     label_dropout: Annotated[Optional[float], typer.Option("--label-dropout", help="drop labels with this probability (classifier-free guidance)", rich_help_panel=OPT)] = None,
     batch_size: BatchSizeOpt = None,
@@ -287,11 +316,12 @@ def train_diffusion(
     }
     diffusion = {
         "steps": diffusion_steps, "schedule": schedule.value if schedule else None,
-        "mean_type": None if predict_x0 is None else ("x0" if predict_x0 else "epsilon"),
+        "mean_type": _mean_type(prediction, predict_x0),
     }
     train = _train_overrides(ctx.params)
     train.update(loss=loss.value if loss else None, timestep_sampling=timestep_sampling.value if timestep_sampling else None,
-                 label_dropout=label_dropout)
+                 label_dropout=label_dropout, min_snr_gamma=min_snr_gamma, p2_gamma=p2_gamma, p2_k=p2_k,
+                 input_perturbation=input_perturbation)
 
     hints = {"image_size": image_size, "num_heads": num_heads, "num_head_channels": num_head_channels,
              "low_res_size": low_res_size, "steps": diffusion_steps, "schedule": diffusion["schedule"]}

@@ -6,6 +6,7 @@ DDIM = Song et al. 2021, ADM = Dhariwal & Nichol 2021):
     betas              β_t                  alpha_bar          ᾱ_t = Π_{s<=t} (1 - β_s)
     alpha_bar_prev     ᾱ_{t-1}              posterior_var      β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t)
     x0, x_t            x_0, x_t             x0_pred, eps_pred  x̂_0, ε̂_θ(x_t, t)
+    v                  α_t ε − σ_t x_0 (α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t); Salimans & Ho 2022)
     mean, var, log_var μ_θ, Σ_θ, log Σ_θ    eta                η (DDIM)
     t                  step index into a (possibly respaced) schedule
     model_t            the network's timestep: schedule.timesteps[t] (x 1000/T if rescaled)
@@ -24,10 +25,14 @@ from adm_cli.diffusion.gaussian import (
     gather,
     math_dtype,
     p_mean_variance,
+    predict_eps_from_v,
     predict_eps_from_x0,
+    predict_x0,
     predict_x0_from_eps,
+    predict_x0_from_v,
     q_posterior,
     q_sample,
+    q_velocity,
 )
 from adm_cli.diffusion.guidance import classifier_free, classifier_grad, condition_mean, condition_score
 from adm_cli.diffusion.losses import (
@@ -101,11 +106,15 @@ __all__ = [
     "normal_kl",
     "p_mean_variance",
     "per_image_noise",
+    "predict_eps_from_v",
     "predict_eps_from_x0",
+    "predict_x0",
     "predict_x0_from_eps",
+    "predict_x0_from_v",
     "prior_bpd",
     "q_posterior",
     "q_sample",
+    "q_velocity",
     "respace",
     "sample_ddim",
     "sample_ddpm",

@@ -9,7 +9,8 @@ mean and variance of p(x_{t-1} | x_t) for the ancestral one. Guidance composes i
     classifier, score shift  ε' = ε̂ - s √(1 - ᾱ_t) ∇ log p(y | x_t)       (ADM Alg. 2)
     classifier-free          ε̃ = (1 + w) ε(x_t, y) - w ε(x_t, ∅)          (Ho & Salimans 2021, Eq. 6)
 
-CFG acts on the network output (the ε or x̂_0 channels; a learned variance comes from the
+CFG acts on the network output (the ε, x̂_0 or v channels, each affine in ε̂ at fixed x_t, so
+the guided ε̂ is the same whichever the model predicts; a learned variance comes from the
 conditional pass), then the classifier shift acts on the result, so both together give the sum
 of both shifts. The conditional and unconditional passes run as one forward of a doubled batch.
 Samplers never see networks, classifiers or labels: only this object and its `schedule`.

@@ -1,7 +1,8 @@
 """The Gaussian forward process q and the model's reverse process p (DDPM / IDDPM).
 
 Glossary: x0 = x_0, x_t = x_t, x0_pred = x̂_0, eps_pred = ε̂, alpha_bar = ᾱ_t,
-posterior_var = β̃_t, mean / var / log_var = μ_θ, Σ_θ, log Σ_θ of p(x_{t-1} | x_t).
+posterior_var = β̃_t, mean / var / log_var = μ_θ, Σ_θ, log Σ_θ of p(x_{t-1} | x_t),
+v = α_t ε − σ_t x_0 with α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t) (the "velocity"; Salimans & Ho 2022).
 `t` is always a batch of step indices into the schedule (not the network's timestep).
 Coefficients come from the float64 tables and are cast to at least float32.
 """
@@ -22,8 +23,12 @@ __all__ = [
     "gather",
     "math_dtype",
     "p_mean_variance",
+    "predict_eps_from_v",
     "predict_eps_from_x0",
+    "predict_x0",
     "predict_x0_from_eps",
+    "predict_x0_from_v",
+    "q_velocity",
     "q_posterior",
     "q_sample",
 ]
@@ -78,6 +83,35 @@ def predict_eps_from_x0(x_t: Tensor, t: Tensor, x0: Tensor, *, schedule: Schedul
     return (_coef(torch.sqrt(1.0 / ab), t, x_t) * x_t - x0) / _coef(torch.sqrt(1.0 / ab - 1.0), t, x_t)
 
 
+def q_velocity(x0: Tensor, t: Tensor, noise: Tensor, *, schedule: Schedule) -> Tensor:
+    """v = α_t ε − σ_t x_0, the v-prediction target for x_t = α_t x_0 + σ_t ε (Salimans & Ho 2022, Sec. 4)."""
+    ab = schedule.alpha_bar
+    return _coef(torch.sqrt(ab), t, x0) * noise - _coef(torch.sqrt(1.0 - ab), t, x0) * x0
+
+
+def predict_x0_from_v(x_t: Tensor, t: Tensor, v: Tensor, *, schedule: Schedule) -> Tensor:
+    """x̂_0 = α_t x_t − σ_t v̂ (Salimans & Ho 2022, Sec. 4 and App. D; α_t² + σ_t² = 1)."""
+    ab = schedule.alpha_bar
+    return _coef(torch.sqrt(ab), t, x_t) * x_t - _coef(torch.sqrt(1.0 - ab), t, x_t) * v
+
+
+def predict_eps_from_v(x_t: Tensor, t: Tensor, v: Tensor, *, schedule: Schedule) -> Tensor:
+    """ε̂ = σ_t x_t + α_t v̂ (Salimans & Ho 2022, App. D), the ε that `predict_x0_from_v`'s x̂_0 implies."""
+    ab = schedule.alpha_bar
+    return _coef(torch.sqrt(1.0 - ab), t, x_t) * x_t + _coef(torch.sqrt(ab), t, x_t) * v
+
+
+def predict_x0(model_output: Tensor, x_t: Tensor, t: Tensor, *, schedule: Schedule, mean_type: str) -> Tensor:
+    """x̂_0 from the network's mean channels, by what they predict: ε (DDIM Eq. 9), x_0 or v."""
+    if mean_type == "epsilon":
+        return predict_x0_from_eps(x_t, t, model_output, schedule=schedule)
+    if mean_type == "x0":
+        return model_output
+    if mean_type == "v":
+        return predict_x0_from_v(x_t, t, model_output, schedule=schedule)
+    raise ValueError(f"unknown mean type {mean_type!r}")
+
+
 class PMeanVar(NamedTuple):
     """p(x_{t-1} | x_t) = N(mean, var) with the predictions it came from; all shaped like x_t.
 
@@ -104,7 +138,7 @@ def p_mean_variance(
 ) -> PMeanVar:
     """Turn a network output at (x_t, t) into p(x_{t-1} | x_t) (DDPM Eq. 11; IDDPM Eq. 15).
 
-    Mean: ε- or x_0-prediction -> x̂_0 (then `denoised_fn`, then clip to [-1, 1]) -> μ̃_t(x̂_0, x_t).
+    Mean: ε-, x_0- or v-prediction -> x̂_0 (then `denoised_fn`, then clip to [-1, 1]) -> μ̃_t(x̂_0, x_t).
     Variance, by `config.var_type`:
       fixed_small    Σ = β̃_t
       fixed_large    Σ = β_t, except β̃_1 at t = 0 (a better decoder likelihood; guided-diffusion)
@@ -145,12 +179,7 @@ def p_mean_variance(
         var = _coef(var_table, t, x_t).expand(x_t.shape)
         log_var = _coef(log_var_table, t, x_t).expand(x_t.shape)
 
-    if config.mean_type == "epsilon":
-        x0_pred = predict_x0_from_eps(x_t, t, model_output, schedule=schedule)
-    elif config.mean_type == "x0":
-        x0_pred = model_output
-    else:
-        raise ValueError(f"unknown mean type {config.mean_type!r}")
+    x0_pred = predict_x0(model_output, x_t, t, schedule=schedule, mean_type=config.mean_type)
     if denoised_fn is not None:
         x0_pred = denoised_fn(x0_pred)
     if clip_denoised:

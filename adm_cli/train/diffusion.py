@@ -19,14 +19,15 @@ from adm_cli.data.images import to_uint8
 from adm_cli.diffusion import Denoiser, make_schedule, model_timesteps, q_sample, sample_ddpm
 from adm_cli.nn import build_unet
 from adm_cli.train.loop import INIT_STREAM, mix_seed
-from adm_cli.train.objectives import diffusion_terms
+from adm_cli.train.objectives import diffusion_terms, input_perturbed_noise
 from adm_cli.train.timesteps import make_timestep_sampler
 
 __all__ = ["DiffusionTask"]
 
 
 class DiffusionTask:
-    """ε- (or x_0-) prediction with L_simple / hybrid / KL, uniform or loss-aware t."""
+    """ε-, x_0- or v-prediction with L_simple / hybrid / KL, uniform or loss-aware t, optionally
+    Min-SNR-γ or P2 weighting and input perturbation (DDPM-IP)."""
 
     def __init__(
         self,
@@ -70,13 +71,19 @@ class DiffusionTask:
         t, weight = self.sampler.sample(global_batch, generator)
         noise = torch.randn((global_batch, *x0.shape[1:]), generator=generator, device=device)  # (B, C, H, W)
         t, weight, noise = t[part], weight[part], noise[part]
-        out = {"x0": x0, "x_t": q_sample(x0, t, noise, schedule=self.schedule), "t": t, "noise": noise, "weight": weight}
+        out = {"x0": x0, "t": t, "noise": noise, "weight": weight}
         if self.config.num_classes is not None:
             assert labels is not None
             if self.train_config.label_dropout > 0:
                 drop = (torch.rand(global_batch, generator=generator, device=device) < self.train_config.label_dropout)[part]
                 labels = torch.where(drop, torch.full_like(labels, self.config.num_classes), labels)
             out["y"] = labels
+        gamma = self.train_config.input_perturbation
+        noised_with = noise
+        if gamma > 0:  # drawn only when on (and last), so runs without it keep their random streams
+            xi = torch.randn((global_batch, *x0.shape[1:]), generator=generator, device=device)[part]  # (B, C, H, W)
+            noised_with = input_perturbed_noise(noise, xi, gamma)
+        out["x_t"] = q_sample(x0, t, noised_with, schedule=self.schedule)
         if self.config.low_res_size is not None:
             out["low_res"] = F.interpolate(x0, size=self.config.low_res_size, mode="area")  # (B, C, h, w)
         return out
@@ -92,6 +99,8 @@ class DiffusionTask:
         return diffusion_terms(
             out, x0=inputs["x0"], x_t=inputs["x_t"], t=t, noise=inputs["noise"],
             schedule=self.schedule, config=self.diffusion, loss=self.train_config.loss,
+            min_snr_gamma=self.train_config.min_snr_gamma,
+            p2_gamma=self.train_config.p2_gamma, p2_k=self.train_config.p2_k,
         )
 
     def observe(self, t: Tensor, losses: Tensor) -> None:

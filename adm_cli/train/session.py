@@ -328,4 +328,17 @@ def _summary(kind: str, run: RunDir, data: ImageData, task, config: TrainConfig,
         f"batch {config.batch_size} ({dist.world_size} process(es) x {per}"
         f"{f', microbatch {config.microbatch}' if config.microbatch else ''}), "
         f"{backend.device.type} {config.precision}"
+        f"{_objective(task.diffusion, config) if kind != 'classifier' else ''}"
     )
+
+
+def _objective(diffusion: DiffusionConfig, config: TrainConfig) -> str:
+    """The diffusion objective in words, e.g. "; predicts v, hybrid loss, Min-SNR-γ 5"."""
+    parts = [f"predicts {'ε' if diffusion.mean_type == 'epsilon' else diffusion.mean_type}", f"{config.loss} loss"]
+    if config.min_snr_gamma is not None:
+        parts.append(f"Min-SNR-γ {config.min_snr_gamma:g}")
+    if config.p2_gamma > 0:
+        parts.append(f"P2 γ {config.p2_gamma:g} k {config.p2_k:g}")
+    if config.input_perturbation > 0:
+        parts.append(f"input perturbation {config.input_perturbation:g}")
+    return "; " + ", ".join(parts)

@@ -146,6 +146,7 @@ def main() -> None:
 
 
 def report(results: dict, out: Path) -> None:
+    """table.md, fid_vs_step.png (FID, precision, recall against steps) and loss_curves.png (`adm plot`)."""
     names = list(results["runs"])
     steps = sorted({int(s) for r in results["runs"].values() for s in r["points"]})
     lines = ["| step | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
@@ -157,14 +158,22 @@ def report(results: dict, out: Path) -> None:
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     (out / "table.md").write_text("FID (precision / recall) in the judge's feature space\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
-    try:
-        from adm_cli.train.plot import Series, line_chart
-    except ImportError:
-        return
-    series = [Series(n, [int(s) for s in r["points"]], [p["fid"] for p in r["points"].values()]) for n, r in results["runs"].items()]
-    line_chart(series, out / "fid_vs_step.png", title="domain FID (judge features) against training steps",
-               xlabel="training step", ylabel="FID")
+    from adm_cli.charts import PALETTE, Panel, Series, draw_chart, write_png
 
+    def panel(key: str, title: str, ylog: bool) -> Panel:
+        series = []
+        for i, (name, run) in enumerate(results["runs"].items()):
+            pts = sorted((int(s), p[key]) for s, p in run["points"].items())
+            series.append(Series(name, [x for x, _ in pts], [y for _, y in pts], color=PALETTE[i % len(PALETTE)]))
+        return Panel(title, series, ylog=ylog, xlabel="training step")
+
+    legend = [(name, PALETTE[i % len(PALETTE)]) for i, name in enumerate(results["runs"])]
+    image = draw_chart([panel("fid", "FID (judge features, lower is better)", True), panel("precision", "precision", False),
+                        panel("recall", "recall", False)], title="Fashion-MNIST: quality against training steps",
+                       size=(1200, 460), legend=legend)
+    write_png(out / "fid_vs_step.png", image)
+    runs = [str(Path(results["setup"]["work"]) / results["setup"]["study"] / slug(n)) for n in results["runs"]]
+    adm("plot", *runs, "--out", out / "loss_curves.png", "--overwrite", "--smooth", 4, "--quantities", "loss,mse,vb,grad_norm", "--quiet")
 
 if __name__ == "__main__":
     main()
