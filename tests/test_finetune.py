@@ -278,3 +278,33 @@ def test_unit_refusals(base_runs):
     with pytest.raises(ConfigError, match="--label-dropout needs a class-conditional model"):
         diffusion_configs_from_init(source, data_classes=None, class_cond=None, null_class=True, unet={}, diffusion={})
     assert isinstance(source, InitSource)
+
+
+def test_openai_published_models_fine_tune_to_other_classes_without_flags():
+    """OpenAI's 64x64 ImageNet model and classifier (their real parameter shapes, weights on the
+    meta device): the run's configs are the published ones with the user's 7 classes, and only
+    the label embedding / the classifier's last layer change shape."""
+    import gzip
+
+    from adm_cli.checkpoint import from_openai_state_dict
+    from adm_cli.nn import NoisyClassifier
+    from adm_cli.train.init import classifier_config_from_init
+
+    shapes = json.loads(gzip.open(Path(__file__).parent.parent / "assets/golden/openai/shapes.json.gz", "rt").read())
+    meta = lambda name: {k: torch.empty(v, device="meta") for k, v in shapes[name].items()}  # noqa: E731
+    unet_source = InitSource(from_openai_state_dict(Path("64x64_diffusion.pt"), meta("64x64_diffusion.pt"), overrides={}), "0" * 64)
+    unet, diffusion = diffusion_configs_from_init(unet_source, data_classes=7, class_cond=None, null_class=True, unet={}, diffusion={})
+    assert (unet.num_classes, unet.null_class, unet.image_size) == (7, True, 64)
+    assert diffusion == unet_source.loaded.diffusion
+    with torch.device("meta"):
+        built = build_unet(unet).state_dict()
+    differ = {k for k, v in built.items() if tuple(v.shape) != tuple(shapes["64x64_diffusion.pt"][k])}
+    assert differ == {"label_emb.weight"} and tuple(built["label_emb.weight"].shape) == (8, 768)
+    assert "1000 classes -> 7" in unet_source.changes[0]
+
+    clf_source = InitSource(from_openai_state_dict(Path("64x64_classifier.pt"), meta("64x64_classifier.pt"), overrides={}), "0" * 64)
+    config = classifier_config_from_init(clf_source, data_classes=7, given={})
+    with torch.device("meta"):
+        built = NoisyClassifier(config).state_dict()
+    differ = {k for k, v in built.items() if tuple(v.shape) != tuple(shapes["64x64_classifier.pt"][k])}
+    assert differ and all(k.startswith("out.") for k in differ), differ
