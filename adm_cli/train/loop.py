@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -31,13 +31,17 @@ from adm_cli.checkpoint import CheckpointError, make_payload, read_checkpoint, s
 from adm_cli.config import ClassifierConfig, DiffusionConfig, TrainConfig, UNetConfig
 from adm_cli.data.batches import BatchLoader, to_model_input
 from adm_cli.data.datasets import ImageData
-from adm_cli.data.images import save_grid
+from adm_cli.data.images import make_grid, save_grid
 from adm_cli.nn.layers import set_grad_checkpointing
 from adm_cli.reporting import Reporter
 from adm_cli.train.metrics import Meter
 from adm_cli.train.optim import LossScaler, ema_rate_at, grad_norm, learning_rate, make_optimizer, update_ema
 from adm_cli.files import write_reason
+from adm_cli.train.loggers import check_names
 from adm_cli.train.run_dir import RunDir, RunDirError
+
+if TYPE_CHECKING:
+    from adm_cli.train.loggers import Loggers
 
 __all__ = ["RunOptions", "Task", "TrainError", "mix_seed", "train"]
 
@@ -59,8 +63,14 @@ class RunOptions:
     eval_every: int | None = None
     keep: int = 3
     grad_checkpoint: bool = False  # recompute block activations in backward (less memory, same gradients)
+    log_to: tuple[str, ...] = ()  # loggers besides metrics.jsonl: "tensorboard", "wandb"
+    wandb_project: str | None = None  # None: "adm"
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "log_to", check_names(self.log_to))  # run.json stores a list
+        except ValueError as e:
+            raise TrainError(str(e)) from None
         if self.steps is not None and self.steps <= 0:
             raise TrainError(f"--steps must be positive, got {self.steps}")
         if self.minutes is not None and self.minutes <= 0:
@@ -178,9 +188,9 @@ class _Run:
     per phase: `restore` from the newest checkpoint, `start`, `train_step`, `log`, `save`, `preview`."""
 
     def __init__(self, task: Task, *, config: TrainConfig, options: RunOptions, run: RunDir, backend: Backend,
-                 dist: Dist, reporter: Reporter):
+                 dist: Dist, reporter: Reporter, loggers: Loggers | None):
         self.task, self.config, self.options, self.run = task, config, options, run
-        self.backend, self.dist, self.reporter = backend, dist, reporter
+        self.backend, self.dist, self.reporter, self.loggers = backend, dist, reporter, loggers
         self.device = backend.device
         self.global_batch = config.batch_size
         if self.global_batch % dist.world_size:
@@ -332,6 +342,8 @@ class _Run:
         if self.dist.is_main:
             self.run.append_metrics(record)
             self.reporter.info(_log_line(record))
+            if self.loggers is not None:
+                self.loggers.log_scalars(record)
         return record
 
     def save(self) -> str:
@@ -379,6 +391,8 @@ class _Run:
                 save_grid(shown[0], target, nrow=shown[1])
             except OSError as e:
                 raise RunDirError(f"cannot write {target}: {write_reason(e)}") from None
+            if self.loggers is not None:
+                self.loggers.log_image("preview", make_grid(shown[0], nrow=shown[1]), at)  # the PNG's pixels
 
 
 def train(
@@ -393,16 +407,32 @@ def train(
     reporter: Reporter,
     resume: bool,
     on_start: Callable[[], None] | None = None,
+    loggers: Loggers | None = None,
 ) -> dict[str, Any]:
     """Train until the stop criterion; returns a summary (final step, checkpoint path, last metrics).
-    `on_start` runs on the main process once a resumed checkpoint has loaded (before step one)."""
-    state = _Run(task, config=config, options=options, run=run, backend=backend, dist=dist, reporter=reporter)
+    `on_start` runs on the main process once a resumed checkpoint has loaded (before step one);
+    `loggers` (main process only) receive each metrics record and preview, and are closed at the end."""
+    state = _Run(task, config=config, options=options, run=run, backend=backend, dist=dist, reporter=reporter,
+                 loggers=loggers)
     if resume:
         state.restore()
     if on_start is not None and dist.is_main:
         on_start()
+    if loggers is not None:
+        loggers.open(state.step)
+    try:
+        return _until_stopped(state, data)
+    finally:
+        if loggers is not None:
+            loggers.close()
+
+
+def _until_stopped(state: _Run, data: ImageData) -> dict[str, Any]:
+    """Steps until --steps, --minutes or a signal, with the log / save / preview cadence; all
+    processes agree on when to stop and save. Returns train's summary."""
+    options, config, dist, device = state.options, state.config, state.dist, state.device
+    reporter, run = state.reporter, state.run
     state.start()
-    device = backend.device
     last_save_time = state.started
     last_path: str | None = None
     last_metrics: dict[str, Any] = {}
