@@ -268,7 +268,8 @@ def run_training(
             loggers = None
             if options.log_to and dist.is_main:  # only the main process imports tensorboard or wandb
                 shown = {**description, "options": _stored_options(options, preview_images)}  # run.json as it will be
-                loggers = Loggers(options.log_to, run.root, config=shown, reporter=reporter, wandb_project=options.wandb_project)
+                loggers = Loggers(options.log_to, run.root, config=shown, reporter=reporter,
+                                  wandb_project=options.wandb_project)
             return train(task, data=data, config=train_config, options=options, run=run, backend=backend,
                          dist=dist, reporter=reporter, resume=resume, on_start=on_start, loggers=loggers)
     finally:
