@@ -214,12 +214,16 @@ def wandb_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_RUN_ID", raising=False)
 
 
-def test_wandb_offline_run_gets_records_previews_and_config_and_resume_continues_it(tmp_path, wandb_offline):
-    run = tmp_path / "run"
-    first = adm("train-diffusion", DATA, "--out", run, *TINY, "--steps", 4, "--log-every", 2, "--preview-every", 4,
-                "--preview-images", 4, "--log-to", "wandb", "--wandb-project", "adm-test")
+def wandb_train(run: Path, *extra) -> str:
+    """A 4-step run logging to W&B (offline); returns the W&B run id."""
+    first = adm("train-diffusion", DATA, "--out", run, *TINY, "--steps", 4, "--log-every", 2, "--log-to", "wandb", *extra)
     assert first.stdout == f"{run / 'checkpoints' / 'step-00000004.pt'}\n"  # wandb kept off stdout
-    run_id = (run / "wandb" / "adm-run-id").read_text().strip()
+    return (run / "wandb" / "adm-run-id").read_text().strip()
+
+
+def test_wandb_offline_run_gets_each_record_and_run_json(tmp_path, wandb_offline):
+    run = tmp_path / "run"
+    run_id = wandb_train(run, "--wandb-project", "adm-test")
     (folder,) = (run / "wandb").glob(f"offline-run-*-{run_id}")
     logged = wandb_run(folder)
     assert logged["id"] == run_id and logged["project"] == "adm-test"
@@ -228,19 +232,29 @@ def test_wandb_offline_run_gets_records_previews_and_config_and_resume_continues
     rows = {row["_step"]: row for row in logged["history"]}
     records = metrics(run)
     assert sorted(rows) == [r["step"] for r in records] == [2, 4]
-    for record in records:
+    for record in records:  # the same keys and values (JSON round trip: exact)
         row = rows[record["step"]]
-        assert {k: row[k] for k in record if k != "step"} == {k: v for k, v in record.items() if k != "step"}
+        assert {k: row[k] for k in row if not k.startswith("_")} == {k: v for k, v in record.items() if k != "step"}
+
+
+@pytest.mark.slow
+def test_wandb_previews_and_resume_continues_the_same_run(tmp_path, wandb_offline, monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.setenv("WANDB_PROJECT", "adm-env")  # the project when --wandb-project is not given
+    run_id = wandb_train(run, "--preview-every", 4, "--preview-images", 4)
+    (folder,) = (run / "wandb").glob(f"offline-run-*-{run_id}")
+    rows = {row["_step"]: row for row in wandb_run(folder)["history"]}
     assert "preview/_type" not in rows[2]
     assert rows[4]["preview/_type"] == "image-file" and (folder / "files" / rows[4]["preview/path"]).is_file()
     png = Image.open(run / "previews" / "step-00000004.png")
     assert (rows[4]["preview/width"], rows[4]["preview/height"]) == png.size
 
-    adm("train-diffusion", "--out", run, "--resume", "--steps", 6, "--log-every", 2, "--quiet")  # the same W&B run
+    monkeypatch.setenv("WANDB_PROJECT", "another")  # a resume keeps the run's project (and preview cadence)
+    adm("train-diffusion", "--out", run, "--resume", "--steps", 6, "--quiet")
     assert (run / "wandb" / "adm-run-id").read_text().strip() == run_id
     folders = sorted((run / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(folders) == 2
-    resumed = wandb_run(next(f for f in folders if f != folder))
-    assert resumed["id"] == run_id and resumed["project"] == "adm-test"
+    resumed = wandb_run(folders[-1])
+    assert resumed["id"] == run_id and resumed["project"] == "adm-env"
     assert [row["_step"] for row in resumed["history"]] == [6]
     assert resumed["history"][0]["loss"] == metrics(run)[-1]["loss"]
