@@ -250,6 +250,7 @@ def test_wandb_previews_and_resume_continues_the_same_run(tmp_path, wandb_offlin
     assert (rows[4]["preview/width"], rows[4]["preview/height"]) == png.size
 
     monkeypatch.setenv("WANDB_PROJECT", "another")  # a resume keeps the run's project (and preview cadence)
+    time.sleep(1.1)  # W&B names offline folders by the second: two inits in one second would share one
     adm("train-diffusion", "--out", run, "--resume", "--steps", 6, "--quiet")
     assert (run / "wandb" / "adm-run-id").read_text().strip() == run_id
     folders = sorted((run / "wandb").glob(f"offline-run-*-{run_id}"))

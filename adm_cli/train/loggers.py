@@ -67,7 +67,7 @@ class _TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: hide events a killed run logged past the checkpoint this run resumes from.
-        self.writer = SummaryWriter(log_dir=str(root / "tensorboard"), purge_step=step + 1 if step else None)
+        self.writer = SummaryWriter(log_dir=str(root / "tensorboard"), purge_step=step + 1)
         self.writer.add_text("run.json", "```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```", step)
         self.writer.flush()
 
@@ -161,7 +161,8 @@ class Loggers:
 
     def _drop(self, name: str, what: str, error: Exception) -> None:
         logger = self._open.pop(name, None)
-        self.reporter.warn(f"{name} logging {what} ({type(error).__name__}: {error}); training goes on without it")
+        reason = str(error).splitlines()[0] if str(error) else ""
+        self.reporter.warn(f"{name} logging {what} ({type(error).__name__}: {reason}); training goes on without it")
         if logger is not None:
             try:
                 logger.close()
