@@ -203,6 +203,9 @@ def command_line(ctx: typer.Context) -> str:
             words.append(str(value))
         elif value is True:
             words.append(param.opts[0])
+        elif isinstance(value, (list, tuple)) and param.param_type_name == "option":
+            for item in value:  # a repeatable option: once per value
+                words += [param.opts[0], str(item)]
         elif value != param.default:
             words += [param.opts[0], str(value)]
     return shlex.join(words)

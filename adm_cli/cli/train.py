@@ -151,6 +151,14 @@ GradCheckpoint = Annotated[
 TrainPrecision = Annotated[Optional[str], typer.Option("--precision", help="fp32 (reference-exact), bf16 or fp16 (dynamic loss scaling); default bf16 on GPUs that compute it natively, else fp32", rich_help_panel=OPT)]
 TrainSeed = Annotated[Optional[int], typer.Option("--seed", help="data order, noise and t", rich_help_panel=OPT, callback=o.seed)]
 Flip = Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="random horizontal flips", rich_help_panel=OPT)]
+LogTo = Annotated[Optional[list[str]], typer.Option("--log-to", help="also send metrics, previews and run.json to tensorboard (RUN/tensorboard) and/or wandb; repeatable or comma-separated, 'none' for neither (needs pip install 'adm[tensorboard]' / 'adm[wandb]')", rich_help_panel=RUN)]
+WandbProject = Annotated[Optional[str], typer.Option("--wandb-project", envvar="WANDB_PROJECT", help="W&B project for --log-to wandb (default: $WANDB_PROJECT, else adm)", rich_help_panel=RUN)]
+
+
+def _log_to(values: list[str] | None) -> tuple[str, ...]:
+    """--log-to tensorboard --log-to wandb, or --log-to tensorboard,wandb; 'none' for neither."""
+    names = (n.strip().lower() for v in values or () for n in v.split(","))
+    return tuple(n for n in names if n and n != "none")  # an unknown name: RunOptions says which
 
 
 def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
@@ -205,12 +213,14 @@ def _run_options(steps, minutes, save_every, save_minutes, log_every, keep, **ex
 
 # What a resumed run may change: how long and how it runs, not what it trains.
 RESUMABLE = {"data", "out", "resume", "steps", "minutes", "save_every", "save_minutes", "log_every", "keep",
-             "preview_every", "preview_images", "eval_every", "device", "compile", "grad_checkpoint", "quiet"}
+             "preview_every", "preview_images", "eval_every", "device", "compile", "grad_checkpoint", "quiet",
+             "log_to", "wandb_project"}
 
 
 def _explicit(ctx: typer.Context) -> set[str]:
     """The run options given on the command line (a resume keeps run.json's values of the rest)."""
-    names = ("steps", "save_every", "save_minutes", "log_every", "keep", "preview_every", "preview_images", "eval_every")
+    names = ("steps", "save_every", "save_minutes", "log_every", "keep", "preview_every", "preview_images", "eval_every",
+             "log_to", "wandb_project")
     given = set()
     for name in names:
         source = ctx.get_parameter_source(name) if name in ctx.params else None
@@ -301,6 +311,8 @@ def train_diffusion(
     device: o.Device = None,
     compile: o.Compile = False,
     grad_checkpoint: GradCheckpoint = False,
+    log_to: LogTo = None,
+    wandb_project: WandbProject = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Train an ADM diffusion model (or a super-resolution model with --low-res-size)."""
@@ -341,7 +353,7 @@ def train_diffusion(
     summary = run_training(
         "diffusion", out, data_spec=data_spec, make_configs=make_configs,
         options=_run_options(steps, minutes, save_every, save_minutes, log_every, keep, preview_every=preview_every,
-                             grad_checkpoint=grad_checkpoint),
+                             grad_checkpoint=grad_checkpoint, log_to=_log_to(log_to), wandb_project=wandb_project),
         device=device, compile=compile, reporter=reporter, resume=resume, command=o.command_line(ctx),
         preview_images=preview_images, explicit=_explicit(ctx), init=source,
     )
@@ -394,6 +406,8 @@ def train_classifier(
     device: o.Device = None,
     compile: o.Compile = False,
     grad_checkpoint: GradCheckpoint = False,
+    log_to: LogTo = None,
+    wandb_project: WandbProject = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Train the noise-aware classifier used for guidance (ADM Sec. 4)."""
@@ -448,7 +462,7 @@ def train_classifier(
     summary = run_training(
         "classifier", out, data_spec=data_spec, make_configs=make_configs,
         options=_run_options(steps, minutes, save_every, save_minutes, log_every, keep, eval_every=eval_every,
-                             grad_checkpoint=grad_checkpoint),
+                             grad_checkpoint=grad_checkpoint, log_to=_log_to(log_to), wandb_project=wandb_project),
         device=device, compile=compile, reporter=reporter, resume=resume, command=o.command_line(ctx),
         val_fraction=val_fraction, explicit=_explicit(ctx), init=source,
     )

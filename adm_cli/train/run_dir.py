@@ -4,6 +4,7 @@
     RUN/metrics.jsonl        one JSON object per logging interval (appended; cut back on resume)
     RUN/checkpoints/step-NNNNNNNN.pt   self-describing checkpoints with the full training state
     RUN/previews/step-NNNNNNNN.png     sample grids from the EMA weights
+    RUN/tensorboard/, RUN/wandb/       with --log-to (adm_cli/train/loggers.py)
 
     RUN/.lock                held (flock) by the process training the run; a second one is refused
     RUN/checkpoints/step-NNNNNNNN.pt.corrupt   a checkpoint a resume found unreadable, set aside

@@ -3,8 +3,8 @@ directory, the data, the backend and torch.distributed, then the loop.
 
 A run directory records everything needed to continue (`run.json`): resuming needs only
 `--out RUN --resume`; the architecture, diffusion and training options are never repeated, and
-the run options (target steps, log/save/preview cadence, checkpoints kept) are kept too unless
-given again. The run directory is locked while a process trains it (only rank 0 holds the lock).
+the run options (target steps, log/save/preview cadence, checkpoints kept, loggers) are kept too
+unless given again. The run directory is locked while a process trains it (only rank 0 holds the lock).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from adm_cli.reporting import Reporter
 from adm_cli.train.classifier import ClassifierTask
 from adm_cli.train.diffusion import DiffusionTask
 from adm_cli.train.init import InitSource, diffusion_configs_from_init, freeze_encoder, reload_init, transfer_weights
+from adm_cli.train.loggers import Loggers, unavailable
 from adm_cli.train.loop import RunOptions, TrainError, train
 from adm_cli.train.objectives import default_loss
 from adm_cli.train.run_dir import RunDir, RunDirError, write_json_atomic
@@ -148,11 +149,17 @@ def build_classifier_configs(
 
 # Run options stored in run.json and reused by a resume unless given again ("minutes" is per
 # invocation, so not stored).
-STORED_OPTIONS = ("steps", "save_every", "save_minutes", "log_every", "preview_every", "eval_every", "keep")
+STORED_OPTIONS = ("steps", "save_every", "save_minutes", "log_every", "preview_every", "eval_every", "keep",
+                  "log_to", "wandb_project")
 
 
 def _stored_options(options: RunOptions, preview_images: int) -> dict[str, Any]:
-    return {**{k: getattr(options, k) for k in STORED_OPTIONS}, "preview_images": preview_images}
+    stored = {k: getattr(options, k) for k in STORED_OPTIONS}
+    return {**stored, "log_to": list(options.log_to), "preview_images": preview_images}  # JSON has lists
+
+
+def _shown(value: Any) -> str:
+    return (",".join(value) or "none") if isinstance(value, list) else str(value)
 
 
 def _flag(name: str) -> str:
@@ -172,7 +179,8 @@ def _resumed_options(stored: dict[str, Any], options: RunOptions, preview_images
             continue
         if explicit is None or name in explicit:
             if stored[name] != value:
-                reporter.info(f"resuming with {_flag(name)} {value} (the run had {stored[name]}; kept for later resumes)")
+                reporter.info(f"resuming with {_flag(name)} {_shown(value)} (the run had {_shown(stored[name])}; "
+                              "kept for later resumes)")
                 changed = True
         else:
             merged[name] = stored[name]
@@ -243,6 +251,7 @@ def run_training(
     starts from (`--init`, see `adm_cli.train.init`); `make_configs` has already used it."""
     run = RunDir(out)
     on_start = None
+    _check_loggers(options)  # before a new run's directory is created
     try:
         with distributed(make_backend(device, "fp32").device) as dist:
             if resume:
@@ -253,6 +262,7 @@ def run_training(
                 description = run.read_description()  # as left by the process that held it last
                 stored_options = description.get("options") or {}
                 options, preview_images, update = _resumed_options(stored_options, options, preview_images, explicit, reporter)
+                _check_loggers(options)
                 stored = DataSpec(**{k: description["data"][k] for k in ("path", "image_size", "channels", "labels", "split")})
                 if data_spec is not None and Path(data_spec.path).resolve() != Path(stored.path).resolve():
                     reporter.warn(f"resuming with data {data_spec.path} (the run started with {stored.path})")
@@ -293,10 +303,21 @@ def run_training(
                 frozen = freeze_encoder(task.model)
                 reporter.info(f"--freeze-encoder: {frozen / 1e6:.2f}M encoder parameters frozen, training the head (out.*)")
             reporter.info(_summary(kind, run, data, task, train_config, backend, dist))
+            loggers = None
+            if options.log_to and dist.is_main:  # only the main process imports tensorboard or wandb
+                shown = {**description, "options": _stored_options(options, preview_images)}  # run.json as it will be
+                loggers = Loggers(options.log_to, run.root, config=shown, reporter=reporter,
+                                  wandb_project=options.wandb_project)
             return train(task, data=data, config=train_config, options=options, run=run, backend=backend,
-                         dist=dist, reporter=reporter, resume=resume, on_start=on_start)
+                         dist=dist, reporter=reporter, resume=resume, on_start=on_start, loggers=loggers)
     finally:
         run.unlock()
+
+
+def _check_loggers(options: RunOptions) -> None:
+    why = unavailable(options.log_to)
+    if why is not None:
+        raise TrainError(why)
 
 
 def _make_task(kind: str, configs: dict[str, Any], train_config: TrainConfig, backend: Backend, dist: Dist,
