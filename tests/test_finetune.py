@@ -11,32 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from adm_cli.checkpoint import load_model, read_checkpoint
-from adm_cli.cli.app import app
 from adm_cli.config import ConfigError
 from adm_cli.nn import build_unet
 from adm_cli.train.init import InitSource, diffusion_configs_from_init, load_init, transfer_weights
 from tests.conftest import TINY_UNET, randomized
+from tests.cli_helpers import adm, adm_fails, invoke
 
-runner = CliRunner()
 ARCH = ["--preset", "tiny", "--image-size", "8", "--model-channels", "32", "--diffusion-steps", "50"]
 RUN = ["--batch-size", "4", "--log-every", "1", "--quiet"]
-
-
-def adm(*args) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def adm_fails(*args) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    out = getattr(result, "stderr", None) or result.output
-    assert out.startswith("error: ") and out.count("\n") == 1, out
-    return out
 
 
 def labelled_npz(path: Path, classes: int, n: int = 24, size: int = 8) -> Path:
@@ -96,7 +80,7 @@ def test_same_classes_starts_from_the_checkpoint_and_records_it(base_runs, tmp_p
 
 def test_other_class_count_makes_a_new_embedding_from_the_mean(base_runs, tmp_path):
     out = tmp_path / "ft3"
-    result = runner.invoke(app, ["train-diffusion", str(labelled_npz(tmp_path / "three.npz", 3)), "--out", str(out),
+    result = invoke(*["train-diffusion", str(labelled_npz(tmp_path / "three.npz", 3)), "--out", str(out),
                                  "--init", str(base_runs["cond"]), "--batch-size", "4", "--steps", "1", "--lr", "1e-12"])
     assert result.exit_code == 0, result.output
     assert "4 classes -> 3: a new label embedding" in result.output
@@ -124,7 +108,7 @@ def test_unconditional_to_conditional_starts_as_the_unconditional_model(base_run
 
 def test_conditional_to_unconditional_drops_the_embedding(base_runs, tmp_path):
     out = tmp_path / "plain"
-    result = runner.invoke(app, ["train-diffusion", str(base_runs["four"]), "--out", str(out), "--init", str(base_runs["cond"]),
+    result = invoke(*["train-diffusion", str(base_runs["four"]), "--out", str(out), "--init", str(base_runs["cond"]),
                                  "--no-class-cond", "--batch-size", "4", "--steps", "1"])
     assert result.exit_code == 0, result.output
     assert "conditional on 4 classes -> unconditional" in result.output
@@ -160,7 +144,7 @@ def test_a_bare_guided_diffusion_state_dict_starts_a_run(tmp_path):
     torch.save(randomized(build_unet(TINY_UNET)).state_dict(), bare)
     data = labelled_npz(tmp_path / "four16.npz", 4, size=16)
     out = tmp_path / "ft"
-    result = runner.invoke(app, ["train-diffusion", str(data), "--out", str(out), "--init", str(bare), "--image-size", "16",
+    result = invoke(*["train-diffusion", str(data), "--out", str(out), "--init", str(bare), "--image-size", "16",
                                  "--num-head-channels", "16", "--schedule", "linear", "--diffusion-steps", "100",
                                  "--batch-size", "2", "--steps", "1", "--lr", "1e-12"])
     assert result.exit_code == 0, result.output
@@ -174,7 +158,7 @@ def test_a_bare_guided_diffusion_state_dict_starts_a_run(tmp_path):
 def test_classifier_new_head_and_frozen_encoder(base_runs, tmp_path):
     out = tmp_path / "clf3"
     data = labelled_npz(tmp_path / "three.npz", 3)
-    result = runner.invoke(app, ["train-classifier", str(data), "--out", str(out), "--init", str(base_runs["clf"]),
+    result = invoke(*["train-classifier", str(data), "--out", str(out), "--init", str(base_runs["clf"]),
                                  "--freeze-encoder", "--val-fraction", "0", "--batch-size", "4", "--steps", "2", "--lr", "1e-2"])
     assert result.exit_code == 0, result.output
     assert "4 classes -> 3: a new head" in result.output and "freshly initialised" in result.output

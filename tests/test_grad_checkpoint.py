@@ -12,7 +12,8 @@ import torch
 from adm_cli.nn import NoisyClassifier, build_unet
 from adm_cli.nn.layers import AttentionBlock, ResBlock, set_grad_checkpointing
 from tests.conftest import TINY_CLASSIFIER, TINY_UNET, randomized
-from tests.test_train_loop import DATA, TINY, adm, assert_same_state
+from tests.cli_helpers import DATA, TINY, adm
+from tests.test_train_loop import assert_same_state
 
 
 def _grads(model: torch.nn.Module, inputs: tuple, *, seed: int = 3) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -18,11 +18,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from adm_cli.backend import make_backend
 from adm_cli.checkpoint import load_model
-from adm_cli.cli.app import app
 from adm_cli.config import ConfigError, DiffusionConfig, ModelSpec, TrainConfig, UNetConfig
 from adm_cli.diffusion import (
     Denoiser,
@@ -40,10 +38,10 @@ from adm_cli.train.objectives import diffusion_terms, input_perturbed_noise
 from adm_cli.train.weighting import min_snr_weight, mse_weight, p2_weight, snr
 from tests.conftest import TINY_UNET, write_unet
 from tests.test_train_loop import assert_same_state
+from tests.cli_helpers import DATA, TINY, adm, adm_fails
 
 GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "golden" / "objectives" / "values.json"
 GOLDEN_RTOL = 1e-6
-runner = CliRunner()
 
 
 # ---------------------------------------------------------------- golden values (the authors' code)
@@ -297,25 +295,6 @@ def test_every_sampler_agrees_for_v_and_eps(eps_and_v_models, models, sampler: s
 
 # ---------------------------------------------------------------- the CLI
 
-TINY = [
-    "--preset", "tiny", "--image-size", "8", "--model-channels", "32", "--diffusion-steps", "50",
-    "--batch-size", "4", "--log-every", "1", "--quiet",
-]
-DATA = "synthetic:64"
-
-
-def adm(*args) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def adm_fails(*args) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    out = getattr(result, "stderr", None) or result.output
-    assert out.startswith("error: ") and out.count("\n") == 1, out
-    return out
 
 
 def test_v_prediction_run_trains_and_samples(tmp_path) -> None:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from adm_cli.charts import PALETTE
 from adm_cli.cli.app import app
 from adm_cli.train.plot import COLUMNS, PANEL_SIZE, PlotError, moving_average, read_run, resolve_quantities
-from tests.test_train_loop import DATA, TINY, adm, adm_fails
+from tests.cli_helpers import DATA, TINY, adm, adm_fails
 
 runner = CliRunner()
 

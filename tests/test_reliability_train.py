@@ -20,43 +20,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from adm_cli.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint, verify_digest
-from adm_cli.cli.app import app
 from adm_cli.files import FileLock, LockBusy
 from adm_cli.train.run_dir import RunDir, RunDirError
 from tests.disk_helpers import in_small_disk, needs_tmpfs
+from tests.cli_helpers import DATA, adm, adm_fails, invoke, stderr_of
 
-runner = CliRunner()
 TINY = [
     "--preset", "tiny", "--image-size", "8", "--model-channels", "32", "--diffusion-steps", "50",
     "--batch-size", "4", "--quiet",
 ]
-DATA = "synthetic:64"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def adm(*args) -> str:
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def stderr_of(result) -> str:
-    return getattr(result, "stderr", None) or result.output
-
-
-def adm_fails(*args) -> str:
-    result = invoke(*args)
-    out = stderr_of(result)
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert out.startswith("error: ") and out.count("\n") == 1, out
-    return out
 
 
 def steps_logged(run: Path) -> list[int]:

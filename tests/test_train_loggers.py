@@ -9,31 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.cli_helpers import DATA, adm_fails
+from tests.cli_helpers import adm_result as adm
 from PIL import Image
-from typer.testing import CliRunner
 
-from adm_cli.cli.app import app
 
-runner = CliRunner()
 TINY = [
     "--preset", "tiny", "--image-size", "8", "--model-channels", "32", "--diffusion-steps", "10",  # T 10: quick previews
     "--batch-size", "4", "--quiet",
 ]
-DATA = "synthetic:64"
-
-
-def adm(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def adm_fails(*args) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    out = getattr(result, "stderr", None) or result.output
-    assert out.startswith("error: ") and out.count("\n") == 1, out
-    return out
 
 
 def metrics(run: Path) -> list[dict]:

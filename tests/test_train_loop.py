@@ -14,31 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from adm_cli.checkpoint import load_model, read_checkpoint
-from adm_cli.cli.app import app
+from tests.cli_helpers import DATA, TINY, adm, adm_fails
 
-runner = CliRunner()
-TINY = [
-    "--preset", "tiny", "--image-size", "8", "--model-channels", "32", "--diffusion-steps", "50",
-    "--batch-size", "4", "--log-every", "1", "--quiet",
-]
-DATA = "synthetic:64"
-
-
-def adm(*args) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def adm_fails(*args) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    out = getattr(result, "stderr", None) or result.output
-    assert out.startswith("error: ") and out.count("\n") == 1, out
-    return out
 
 
 def state(path: Path) -> dict:
