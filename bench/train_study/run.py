@@ -48,7 +48,7 @@ def runs_of(study: str, args: argparse.Namespace, work: Path) -> dict[str, list[
               "--ema", "0.999", "--seed", 0]
     if study == "finetune":
         return {
-            "fine-tuned from shapes": ["--init", work / "pretrain", "--batch-size", args.batch_size, "--lr", args.lr,
+            f"fine-tuned from {args.pretrain_name}": ["--init", work / "pretrain", "--batch-size", args.batch_size, "--lr", args.lr,
                                        "--ema", "0.999", "--seed", 0, "--preset", "small"],
             "from scratch": common,
         }
@@ -102,14 +102,19 @@ def main() -> None:
     p.add_argument("--ddim", type=int, default=20)
     p.add_argument("--ref-num", type=int, default=2000)
     p.add_argument("--judge-minutes", type=float, default=4)
+    p.add_argument("--judge", type=Path, help="an existing judge run (default: train one in WORK/judge)")
+    p.add_argument("--pretrain-data", default="synthetic:5000", help="finetune: what the model is pre-trained on")
+    p.add_argument("--pretrain-name", help="finetune: how the table names the pre-training data (default: shapes / the file)")
+    p.add_argument("--test-data", help="real images never in the reference, for the floor (default: DATA's t10k file)")
     args = p.parse_args()
+    args.pretrain_name = args.pretrain_name or ("shapes" if args.pretrain_data.startswith("synthetic") else Path(args.pretrain_data).stem)
     work, out = args.work, args.out
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     log = work / "logs" / f"{args.study}.log"
 
-    args.judge_run = work / "judge"
-    if not (work / "judge" / "checkpoints").is_dir() or not any((work / "judge" / "checkpoints").glob("*.pt")):
+    args.judge_run = args.judge or work / "judge"
+    if not (args.judge_run / "checkpoints").is_dir() or not any((args.judge_run / "checkpoints").glob("*.pt")):
         adm("train-classifier", args.data, "--out", args.judge_run, "--clean", "--image-size", args.image_size,
             "--model-channels", 32, "--val-fraction", 0.02, "--eval-every", 100, "--minutes", args.judge_minutes,
             "--quiet", log=log)
@@ -118,13 +123,22 @@ def main() -> None:
         adm("ref-batch", args.data, "--out", ref, "--no-stats", "--num", args.ref_num, "--image-size", args.image_size,
             "--quiet", log=log)
     if args.study == "finetune":
-        train("synthetic:5000", work / "pretrain", [*ARCH, "--image-size", args.image_size, "--channels", 1,
+        train(args.pretrain_data, work / "pretrain", [*ARCH, "--image-size", args.image_size, "--channels", 1,
               "--batch-size", args.batch_size, "--lr", args.lr, "--ema", "0.999", "--seed", 0],
               args.pretrain_steps, args.pretrain_steps, log)
 
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("runs", {})
+    # The floor: --num real test-split images (never in the reference) scored the same way.
+    real = work / f"real-test-{args.num}.npz"
+    if not real.exists():
+        adm("ref-batch", args.test_data or Path(args.data) / "t10k-images-idx3-ubyte.gz", "--out", real, "--no-stats", "--num", args.num,
+            "--image-size", args.image_size, "--quiet", log=log)
+    if "floor" not in results:
+        metrics = json.loads(adm("evaluate", ref, real, "--features", args.judge_run, "--metrics", "fid,precision,recall",
+                                 "--json", "--quiet", log=log))
+        results["floor"] = {k: metrics[k] for k in ("fid", "precision", "recall")}
     results["setup"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     for name, flags in runs_of(args.study, args, work).items():
         run = work / args.study / slug(name)
@@ -132,7 +146,7 @@ def main() -> None:
         entry = results["runs"].setdefault(name, {"flags": [str(f) for f in flags], "points": {}})
         entry["train_seconds_last_invocation"] = round(seconds, 1)
         ckpts = sorted((run / "checkpoints").glob("step-*.pt"))
-        if args.study == "finetune" and name.startswith("fine-tuned"):
+        if args.study == "finetune" and name.startswith("fine-tuned"):  # step 0: the pre-trained model itself
             ckpts = [sorted((work / "pretrain" / "checkpoints").glob("step-*.pt"))[-1], *ckpts]
         for ckpt in ckpts:
             step = 0 if ckpt.parent.parent.name == "pretrain" else int(ckpt.stem.split("-")[1])
@@ -156,6 +170,9 @@ def report(results: dict, out: Path) -> None:
             pt = results["runs"][n]["points"].get(str(s))
             cells.append(f"{pt['fid']:.3f} ({pt['precision']:.2f}/{pt['recall']:.2f})" if pt else "")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    floor = results.get("floor")
+    if floor:
+        lines.append(f"| real test images | {floor['fid']:.3f} ({floor['precision']:.2f}/{floor['recall']:.2f}) |" + " |" * (len(names) - 1))
     (out / "table.md").write_text("FID (precision / recall) in the judge's feature space\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
     from adm_cli.charts import PALETTE, Panel, Series, draw_chart, write_png
@@ -165,7 +182,8 @@ def report(results: dict, out: Path) -> None:
         for i, (name, run) in enumerate(results["runs"].items()):
             pts = sorted((int(s), p[key]) for s, p in run["points"].items())
             series.append(Series(name, [x for x, _ in pts], [y for _, y in pts], color=PALETTE[i % len(PALETTE)]))
-        return Panel(title, series, ylog=ylog, xlabel="training step")
+        hlines = [(floor[key], "real test images")] if floor else []
+        return Panel(title, series, ylog=ylog, xlabel="training step", hlines=hlines)
 
     legend = [(name, PALETTE[i % len(PALETTE)]) for i, name in enumerate(results["runs"])]
     image = draw_chart([panel("fid", "FID (judge features, lower is better)", True), panel("precision", "precision", False),
