@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from adm_cli.backend import torchrun_env
-from adm_cli.checkpoint import load_model
+from adm_cli.checkpoint import DIFFUSION_OVERRIDES, UNET_OVERRIDES, load_model
 from adm_cli.cli import options as o
 from adm_cli.cli.errors import UserError, check_writable, user_errors
 from adm_cli.cli.resume import check_resume_options
@@ -335,8 +335,8 @@ def train_diffusion(
                  label_dropout=label_dropout, min_snr_gamma=min_snr_gamma, p2_gamma=p2_gamma, p2_k=p2_k,
                  input_perturbation=input_perturbation)
 
-    hints = {"image_size": image_size, "num_heads": num_heads, "num_head_channels": num_head_channels,
-             "low_res_size": low_res_size, "steps": diffusion_steps, "schedule": diffusion["schedule"]}
+    # for a bare state dict, what its shapes cannot tell (as adm sample's overrides)
+    hints = {k: {**unet, **diffusion}.get(k) for k in (*UNET_OVERRIDES, *DIFFUSION_OVERRIDES)}
     source = load_init(init, kinds=("diffusion", "super-res"), overrides=hints) if init is not None else None
 
     def make_configs(data) -> dict[str, Any]:

@@ -138,12 +138,8 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-UNET_FLAGS = {
-    "use_scale_shift_norm": "--scale-shift-norm",
-    "learn_sigma": "--learn-sigma",
-    "low_res_size": "--low-res-size",
-    "image_size": "--image-size",
-}
+# Config fields whose option is not --FIELD-NAME.
+UNET_FLAGS = {"use_scale_shift_norm": "--scale-shift-norm"}
 DIFFUSION_FLAGS = {"steps": "--diffusion-steps", "schedule": "--schedule", "mean_type": "--prediction"}
 
 
@@ -201,7 +197,7 @@ def classifier_config_from_init(init: InitSource, *, data_classes: int, given: M
     """The run's classifier: the checkpoint's, with the data's class count (a new head when it differs)."""
     old = init.loaded.config
     assert isinstance(old, ClassifierConfig)
-    _refuse_changes({k: v for k, v in given.items() if k != "dropout"}, old, {"image_size": "--image-size"}, "architecture")
+    _refuse_changes({k: v for k, v in given.items() if k != "dropout"}, old, {}, "architecture")
     new = dataclasses.replace(old, num_classes=data_classes)
     if data_classes != old.num_classes:
         init.changes.append(f"{old.num_classes} classes -> {data_classes}: a new head (the last layer, freshly initialised)")

@@ -80,12 +80,16 @@ def build_diffusion_configs(
         if not unet_kw.get("num_classes"):
             raise ConfigError("--label-dropout needs a class-conditional model")
         unet_kw["null_class"] = True
-    spec = ModelSpec(UNetConfig(**unet_kw), DiffusionConfig(**diff_kw))
-    config = TrainConfig(**train_kw)
+    return _fitting(ModelSpec(UNetConfig(**unet_kw), DiffusionConfig(**diff_kw)), TrainConfig(**train_kw), data,
+                    variance_hint="(--learn-sigma)", size_hint="; pass --image-size")
+
+
+def _fitting(spec: ModelSpec, config: TrainConfig, data: ImageData, *, variance_hint: str, size_hint: str) -> tuple[ModelSpec, TrainConfig]:
+    """(spec, config), refused when the loss needs a variance the model lacks or the data's size differs."""
     if config.loss == "hybrid" and not spec.diffusion.learned_variance:
-        raise ConfigError("--loss hybrid needs a learned variance (--learn-sigma)")
+        raise ConfigError(f"--loss hybrid needs a learned variance {variance_hint}")
     if data.image_size != spec.unet.image_size:
-        raise ConfigError(f"the data is {data.image_size}x{data.image_size} but the model {spec.unet.image_size}x{spec.unet.image_size}; pass --image-size")
+        raise ConfigError(f"the data is {data.image_size}x{data.image_size} but the model {spec.unet.image_size}x{spec.unet.image_size}{size_hint}")
     return spec, config
 
 
@@ -108,12 +112,8 @@ def build_finetune_configs(
     )
     _, _, train_kw = preset_settings(preset, unet_config.image_size)
     train_kw = _apply({**train_kw, "loss": default_loss(diffusion_config)}, train)
-    spec, config = ModelSpec(unet_config, diffusion_config), TrainConfig(**train_kw)
-    if config.loss == "hybrid" and not spec.diffusion.learned_variance:
-        raise ConfigError("--loss hybrid needs a learned variance, and the --init model has a fixed one")
-    if data.image_size != spec.unet.image_size:
-        raise ConfigError(f"the data is {data.image_size}x{data.image_size} but the --init model {spec.unet.image_size}x{spec.unet.image_size}")
-    return spec, config
+    return _fitting(ModelSpec(unet_config, diffusion_config), TrainConfig(**train_kw), data,
+                    variance_hint="(the --init model has a fixed one)", size_hint=" (--init)")
 
 
 def build_classifier_configs(
