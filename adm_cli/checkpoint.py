@@ -220,7 +220,7 @@ def read_checkpoint(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # PyTorch's aside on pickle protocols is no news to a user
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = _torch_load(path)
     except pickle.UnpicklingError as e:
         if "weights only load failed" in str(e).lower():
             found = _pickled_objects(path)
@@ -235,6 +235,19 @@ def read_checkpoint(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     if verify:
         verify_digest(path, data)
     return data
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load(weights_only=True), memory-mapped where the file allows it (the zip format that
+    torch.save has written since PyTorch 1.6, as OpenAI's files are): the tensors are views of the
+    file's pages instead of a second copy in memory, and a model built on the meta device takes
+    them as they are (`_load_weights` assigns). Older formats are read whole."""
+    if zipfile.is_zipfile(path):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, ValueError, OSError):
+            pass  # e.g. a zip whose records are not aligned for mapping: read it whole below
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _first_line(e: BaseException) -> str:

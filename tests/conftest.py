@@ -3,6 +3,7 @@ checkpoints and as bare guided-diffusion-style state dicts."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,11 @@ from adm_cli.checkpoint import make_payload, save_checkpoint
 from adm_cli.config import ClassifierConfig, DiffusionConfig, UNetConfig
 from adm_cli.nn import NoisyClassifier, build_unet
 from tests.golden_weights import deterministic_state_dict
+
+# `--precision auto` is bf16 on CPUs with native bf16 (AVX-512 BF16, AMX): pin the detection so
+# the suite's defaults do not depend on the machine it runs on (child processes inherit it).
+# `ADM_NATIVE_BF16=1 python -m pytest` runs it as such a CPU would.
+os.environ.setdefault("ADM_NATIVE_BF16", "0")
 
 TINY_UNET = UNetConfig(
     image_size=16,

@@ -87,6 +87,38 @@ def test_bare_state_dict_of_custom_structure_needs_flags(tmp_path):
         assert torch.equal(loaded.model(x, t, y=y), model(x, t, y=y))
 
 
+def _mapped_from(path) -> list[tuple[int, int]]:
+    """Address ranges of this process mapped from `path` (Linux /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(" " + str(path)):
+            lo, hi = line.split()[0].split("-")
+            ranges.append((int(lo, 16), int(hi, 16)))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_weights_are_mapped_from_the_file_not_copied(tmp_path):
+    """adm and OpenAI files load memory-mapped, and the model built on the meta device takes the
+    mapped tensors as its parameters (no second copy of the weights); a legacy (pre-zip) file
+    still loads, read whole."""
+    adm_file = write_unet(tmp_path / "m.pt")
+    bare = tmp_path / "bare.pt"
+    torch.save(randomized(build_unet(TINY_UNET)).state_dict(), bare)
+    flags = {"image_size": 16, "num_head_channels": 16, "schedule": "linear", "steps": 100}
+    for path, overrides in ((adm_file, None), (bare, flags)):
+        params = list(load_model(path, overrides=overrides).model.parameters())
+        ranges = _mapped_from(path)
+        assert ranges and all(any(lo <= p.data_ptr() < hi for lo, hi in ranges) for p in params), path
+    legacy = tmp_path / "legacy.pt"
+    torch.save(randomized(build_unet(TINY_UNET)).state_dict(), legacy, _use_new_zipfile_serialization=False)
+    loaded = load_model(legacy, overrides=flags)
+    assert not _mapped_from(legacy)
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([1, 50]), torch.tensor([0, 3])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x, t, y=y), load_model(bare, overrides=flags).model(x, t, y=y))
+
+
 def test_bad_files_give_one_line_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "missing.pt")

@@ -194,3 +194,36 @@ def test_bf16_on_cpu_and_raw_weights(models, tmp_path):
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
         assert np.array_equal(a["arr_1"], b["arr_1"])
         assert np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int)).mean() < 20
+
+
+def test_default_precision_follows_native_bf16(models, tmp_path, monkeypatch):
+    """On a CPU with native bf16 (forced here through ADM_NATIVE_BF16), the default is exactly the
+    bf16 path and says so; on one without, exactly fp32; `--precision fp32` stays reference-exact."""
+    args = ["sample", models["unet"], "--num", 2, "--ddim", 5]
+
+    def draw(name, *extra, native):
+        monkeypatch.setenv("ADM_NATIVE_BF16", native)
+        result = run(*args, *extra, "--out", tmp_path / f"{name}.npz")
+        assert result.exit_code == 0, stderr_of(result)
+        with np.load(tmp_path / f"{name}.npz") as f:
+            return f["arr_0"], stderr_of(result)
+
+    native_default, said = draw("native-default", native="1")
+    assert "in bf16" in said
+    native_fp32, said = draw("native-fp32", "--precision", "fp32", native="1")
+    assert "in fp32" in said
+    emulated_default, said = draw("emulated-default", native="0")
+    assert "in fp32" in said
+    assert np.array_equal(native_default, draw("bf16", "--precision", "bf16", native="0")[0])
+    assert np.array_equal(native_fp32, emulated_default)
+
+
+def test_training_default_precision_follows_native_bf16(tmp_path, monkeypatch):
+    from tests.cli_helpers import DATA, TINY
+
+    for native, expect in (("1", "bf16"), ("0", "fp32")):
+        monkeypatch.setenv("ADM_NATIVE_BF16", native)
+        out = tmp_path / f"run-{native}"
+        result = run("train-diffusion", DATA, "--out", out, *TINY, "--steps", 1)
+        assert result.exit_code == 0, stderr_of(result)
+        assert json.loads((out / "run.json").read_text())["config"]["train"]["precision"] == expect

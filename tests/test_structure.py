@@ -94,20 +94,27 @@ def test_data_package_has_no_import_cycle():
 @pytest.mark.parametrize(("avx512_bf16", "amx"), [(False, False), (True, False), (False, True)])
 def test_auto_precision_is_one_rule(monkeypatch, avx512_bf16, amx):
     """sample/upsample/interpolate (make_backend), training and the demo decide "auto" in one
-    place; the CPU's native bf16 is detected, and the CPU default stays fp32 (see resolve_precision)."""
+    place: bf16 where the CPU computes it natively (AVX-512 BF16 or AMX, detected), else fp32."""
     import torch
 
     from adm_cli.backend import make_backend, native_bf16, resolve_precision
     from adm_cli.cli.train import _precision
 
+    monkeypatch.delenv("ADM_NATIVE_BF16", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     cpu = torch.device("cpu")
+    auto = "bf16" if avx512_bf16 or amx else "fp32"
     assert native_bf16(cpu) == (avx512_bf16 or amx)
-    assert resolve_precision("auto", cpu) == resolve_precision(None, cpu) == "fp32"
-    assert make_backend("cpu", "auto").precision == "fp32"
-    assert _precision(None, "cpu") == _precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", cpu) == resolve_precision(None, cpu) == auto
+    assert make_backend("cpu", "auto").precision == auto
+    assert make_backend("cpu", "auto").cast_weights == (auto == "bf16")
+    assert _precision(None, "cpu") == _precision("auto", "cpu") == auto
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    # the override the test suite pins (conftest) wins over the feature flags, both ways
+    for forced, expect in (("0", "fp32"), ("1", "bf16")):
+        monkeypatch.setenv("ADM_NATIVE_BF16", forced)
+        assert resolve_precision("auto", cpu) == _precision(None, "cpu") == expect
 
 
 def test_precision_refusals_are_one_rule():

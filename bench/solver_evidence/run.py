@@ -8,8 +8,9 @@ For every guidance mode (the conditional model alone; classifier guidance; class
 guidance), every sampler and every NFE, `adm sample` draws --num images (seeds 0..num-1, random
 classes, the same for every cell), and `adm evaluate --features JUDGE` scores them against a
 reference batch of real training images in the feature space of a separately trained clean
-classifier: FID, precision, recall. The reference row of each mode is DDPM with --reference-steps
-(default: every trained step). Every call is a subprocess of `python -m adm_cli`; finished sample
+classifier: FID, precision, recall. The reference rows of each mode are DDPM with
+--reference-steps (conditional mode; default: every trained step) or --guided-reference-steps
+(the guided modes; default: the same), comma-separated lists where "all" is every trained step. Every call is a subprocess of `python -m adm_cli`; finished sample
 files are kept, so a killed run continues. Writes OUT/results.json, OUT/table.md and
 OUT/fid_vs_nfe.png (drawn with adm_cli.charts).
 """
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from adm_cli import charts as plot
@@ -32,10 +35,11 @@ COLORS = {"ddim": (120, 120, 120), "dpm++2m": (31, 119, 180), "dpm++3m": (44, 16
           "heun": (148, 103, 189)}
 
 
-def adm(*args: object) -> str:
+def adm(*args: object, threads: int | None = None) -> str:
     cmd = [sys.executable, "-m", "adm_cli", *map(str, args)]
     print("$ adm", " ".join(map(str, args)), flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
     return done.stdout
@@ -56,13 +60,13 @@ def sample(args: argparse.Namespace, out: Path, flags: list[object]) -> float:
         return 0.0
     start = time.perf_counter()
     adm("sample", args.diffusion, "--num", args.num, "--batch-size", args.batch_size, "--seed", 0,
-        "--precision", args.precision, "--out", out, "--quiet", *flags)
+        "--precision", args.precision, "--out", out, "--quiet", *flags, threads=args.threads)
     return time.perf_counter() - start
 
 
 def evaluate(args: argparse.Namespace, ref: Path, samples: Path) -> dict:
     return json.loads(adm("evaluate", ref, samples, "--features", args.judge, "--metrics", "fid,precision,recall",
-                          "--json", "--quiet"))
+                          "--json", "--quiet", threads=args.threads))
 
 
 def main() -> None:
@@ -79,11 +83,15 @@ def main() -> None:
     p.add_argument("--samplers", default=",".join(SOLVERS))
     p.add_argument("--guidance", type=float, default=2.0, help="classifier guidance scale (0: skip the mode)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance w (0: skip the mode)")
-    p.add_argument("--reference-steps", type=int, default=None, help="DDPM steps of the reference (default: all)")
+    p.add_argument("--reference-steps", default="all", help="DDPM steps of the conditional mode's references")
+    p.add_argument("--guided-reference-steps", default=None, help="...of the guided modes' (default: the same)")
     p.add_argument("--no-reference", action="store_true", help="skip the DDPM reference cells (time-limited runs)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--image-size", type=int, default=None, help="reference batch size (default: the data's)")
+    p.add_argument("--jobs", type=int, default=1, help="cells drawn at once (each with cpu_count/jobs threads)")
     args = p.parse_args()
+    args.threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     nfes = [int(k) for k in args.nfe.split(",")]
     samplers = args.samplers.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -91,28 +99,41 @@ def main() -> None:
 
     ref = args.work / "ref.npz"
     if not ref.exists():
-        adm("ref-batch", args.data, "--out", ref, "--no-stats", "--num", args.ref_num, "--quiet")
+        size = ["--image-size", args.image_size] if args.image_size else []
+        adm("ref-batch", args.data, "--out", ref, "--no-stats", "--num", args.ref_num, *size, "--quiet")
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"cells": {}}
     results["settings"] = {k: str(v) for k, v in vars(args).items()}
 
+    todo = []
     for mode, guide in modes(args).items():
         tag = mode.split()[0]
+        steps = args.reference_steps if mode == "conditional" else (args.guided_reference_steps or args.reference_steps)
         cells = [] if args.no_reference else [
-            ("ddpm", None, ["--sampler", "ddpm"] + (["--steps", args.reference_steps] if args.reference_steps else []))]
+            ("ddpm", f"ref-{k}", ["--sampler", "ddpm"] + ([] if k == "all" else ["--steps", k])) for k in steps.split(",")]
         cells += [(s, k, ["--sampler", s, "--nfe", k]) for s in samplers for k in nfes]
         for sampler, nfe, flags in cells:
-            key = f"{mode} | {sampler} | {nfe if nfe is not None else 'reference'}"
-            if key in results["cells"]:
-                continue
-            out = args.work / f"{tag}_{sampler}_{nfe if nfe is not None else 'ref'}.npz"
-            seconds = sample(args, out, flags + guide)
-            metrics = evaluate(args, ref, out)
-            results["cells"][key] = {"mode": mode, "sampler": sampler, "nfe": nfe, "seconds": seconds, **metrics}
-            if nfe is None:
-                results["cells"][key]["reference_steps"] = args.reference_steps
+            key = f"{mode} | {sampler} | {nfe}"
+            if key not in results["cells"]:
+                out = args.work / f"{tag}_{sampler}_{nfe}.npz"
+                todo.append((key, mode, sampler, nfe, out, flags + guide))
+
+    def cell(key, mode, sampler, nfe, out, flags):
+        seconds = sample(args, out, flags)
+        metrics = evaluate(args, ref, out)
+        row = {"mode": mode, "sampler": sampler, "nfe": nfe, "seconds": seconds, "threads": args.threads, **metrics}
+        if isinstance(nfe, str):  # a DDPM reference: nfe is "ref-STEPS"
+            row["nfe"], row["reference_steps"] = None, nfe.removeprefix("ref-")
+        return key, row
+
+    # the longest cells (the references) first, so the jobs finish together
+    todo.sort(key=lambda c: not isinstance(c[3], str))
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        for done in as_completed([pool.submit(cell, *c) for c in todo]):
+            key, row = done.result()
+            results["cells"][key] = row
             results_path.write_text(json.dumps(results, indent=2) + "\n")
-            print(key, {k: metrics.get(k) for k in ("fid", "precision", "recall")}, flush=True)
+            print(key, {k: row.get(k) for k in ("fid", "precision", "recall")}, flush=True)
     report(results, args.out, nfes, samplers)
 
 
@@ -126,8 +147,7 @@ def report(results: dict, out: Path, nfes: list[int], samplers: list[str]) -> No
     lines = []
     panels = []
     for mode, rows in by_mode.items():
-        ref = next((r for r in rows if r["nfe"] is None), None)
-        ref_label = f"DDPM, {ref['reference_steps']} steps" if ref and ref.get("reference_steps") else "DDPM, all steps"
+        refs = [r for r in rows if r["nfe"] is None]
         lines += [f"### {mode}", "", "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
                   "|---|" + "---:|" * len(nfes)]
         series = []
@@ -137,11 +157,14 @@ def report(results: dict, out: Path, nfes: list[int], samplers: list[str]) -> No
                 f"{got[k]['fid']:.3f} ({got[k]['precision']:.2f}/{got[k]['recall']:.2f})" if k in got else "—" for k in nfes) + " |")
             xs = [k for k in nfes if k in got]
             series.append(plot.Series(s, xs, [got[k]["fid"] for k in xs], color=COLORS.get(s)))
-        if ref is not None:
-            lines.append(f"| {ref_label} | {ref['fid']:.3f} ({ref['precision']:.2f}/{ref['recall']:.2f}) |")
+        hlines = []
+        for ref in sorted(refs, key=lambda r: r.get("reference_steps") != "all"):
+            label = f"DDPM, {'all' if ref.get('reference_steps') in (None, 'all') else ref['reference_steps']} steps"
+            lines.append(f"| {label} | {ref['fid']:.3f} ({ref['precision']:.2f}/{ref['recall']:.2f}) |")
+            hlines.append((ref["fid"], label))
         lines.append("")
         panels.append(plot.Panel(mode, series, ylog=True, ylabel="FID (judge features)", xlabel="network evaluations",
-                                 hlines=[(ref["fid"], ref_label)] if ref else [], xticks=nfes))
+                                 hlines=hlines, xticks=nfes))
     (out / "table.md").write_text("FID (precision/recall) in the judge's feature space\n\n" + "\n".join(lines))
     if panels:
         plot.line_chart(out / "fid_vs_nfe.png", panels, title="Quality per network evaluation",
