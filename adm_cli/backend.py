@@ -114,6 +114,18 @@ def resolve_precision(precision: str | None, device: torch.device) -> Literal["f
     return precision  # type: ignore[return-value]
 
 
+def compile_cache_dir() -> str:
+    """Where torch.compile keeps compiled graphs and kernels between runs: $TORCHINDUCTOR_CACHE_DIR
+    when set, else ``adm/torchinductor`` under $XDG_CACHE_HOME (default ~/.cache), which survives
+    reboots and per-job /tmp (torch's own default is under /tmp). Measured on this project's
+    2-core CPU (tiny model, DDIM 5): the first `adm sample --compile` 150 s, the next 25 s from
+    the cache, eager 11 s."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "adm", "torchinductor")
+
+
 def make_backend(
     device: str | None = None,
     precision: Precision = "auto",
@@ -135,6 +147,8 @@ def make_backend(
         channels_last = False
     if cast_weights is None:
         cast_weights = precision != "fp32"
+    if compile:  # read by torch when it first compiles
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = compile_cache_dir()
     return Backend(dev, precision, channels_last, compile, cast_weights)
 
 

@@ -13,7 +13,8 @@ from adm_cli.cli.resume import _paths
 from tests.cli_helpers import DATA, TINY, adm, adm_fails
 
 # TINY with the run-defining options of a typical command line (architecture, optimisation, data)
-COMMAND = [DATA, *TINY, "--lr", "0.0001", "--channel-mult", "1,2", "--ema", "0.9,0.5", "--no-flip", "--schedule", "linear"]
+COMMAND = [DATA, *TINY, "--lr", "0.0001", "--channel-mult", "1,2", "--ema", "0.9,0.5", "--no-flip", "--schedule", "linear",
+           "--precision", "fp32"]
 
 
 def snapshot(run: Path) -> dict[str, str]:

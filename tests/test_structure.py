@@ -144,3 +144,23 @@ def test_torchrun_keeps_every_backend_choice():
     assert moved.device == torch.device("cuda", 3)
     assert (moved.precision, moved.channels_last, moved.compile, moved.cast_weights) == ("bf16", True, True, True)
     assert distributed_device(Backend(torch.device("cpu"), "fp32"), Dist()) == Backend(torch.device("cpu"), "fp32")
+
+
+def test_compiled_artifacts_are_cached_where_runs_find_them_again(monkeypatch, tmp_path):
+    """--compile keeps torch's compile cache under the user's cache folder (not torch's /tmp
+    default), and a folder the user chose stays theirs."""
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    from adm_cli.backend import make_backend
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    make_backend("cpu", "fp32")
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # eager: nothing set
+    make_backend("cpu", "fp32", compile=True)
+    assert cache_dir() == str(tmp_path / "adm" / "torchinductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    make_backend("cpu", "fp32", compile=True)
+    assert cache_dir() == str(tmp_path / "mine")

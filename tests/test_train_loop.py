@@ -73,8 +73,9 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_microbatches_accumulate_to_the_full_batch(tmp_path):
-    adm("train-diffusion", DATA, "--out", tmp_path / "full", *TINY, "--steps", 2)
-    adm("train-diffusion", DATA, "--out", tmp_path / "micro", *TINY, "--steps", 2, "--microbatch", 1)
+    exact = ["--precision", "fp32"]  # the tolerance is fp32's (auto is bf16 on a CPU with native bf16)
+    adm("train-diffusion", DATA, "--out", tmp_path / "full", *TINY, *exact, "--steps", 2)
+    adm("train-diffusion", DATA, "--out", tmp_path / "micro", *TINY, *exact, "--steps", 2, "--microbatch", 1)
     assert_same_state(tmp_path / "full/checkpoints/step-00000002.pt", tmp_path / "micro/checkpoints/step-00000002.pt", exact=False, atol=2e-5)
 
 
@@ -104,7 +105,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     """Same losses at every step; weights equal up to Adam amplifying float32 reduction-order
     differences in near-zero gradients (measured 1e-5 after 3 steps at lr 3e-4; a wrong split
     of the batch moves weights by ~lr per step)."""
-    cmd = ["train-diffusion", DATA, *TINY, "--steps", "3", "--timestep-sampling", "loss-second-moment"]
+    cmd = ["train-diffusion", DATA, *TINY, "--steps", "3", "--timestep-sampling", "loss-second-moment", "--precision", "fp32"]
     adm(*cmd, "--out", tmp_path / "one")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", "-m", "adm_cli"]
     subprocess.run([*torchrun, *cmd, "--out", str(tmp_path / "two")], check=True, env=_env(), capture_output=True, timeout=300)
@@ -199,7 +200,11 @@ def test_user_errors(tmp_path):
     assert "diffusion run" in adm_fails("train-classifier", "--out", tmp_path / "d", "--resume", "--steps", 1)
 
 
-def test_demo_runs_end_to_end(tmp_path):
+@pytest.mark.parametrize("native_bf16", ["0", "1"])
+def test_demo_runs_end_to_end(tmp_path, monkeypatch, native_bf16):
+    """The demo in its default precision: fp32, and bf16 as on a CPU with native bf16 (where its
+    classifier, stored in bf16, once ran outside autocast)."""
+    monkeypatch.setenv("ADM_NATIVE_BF16", native_bf16)
     out = adm("demo", "--out", tmp_path / "demo", "--minutes", "0.05", "--per-class", 1, "--steps", 3, "--image-size", 8, "--quiet")
     for name in ("unguided.png", "guided.png", "unguided.npz", "guided.npz"):
         assert (tmp_path / "demo" / name).is_file()

@@ -98,7 +98,7 @@ def demo(
         images = to_uint8(x0)
         save_grid(images, out / f"{name}.png", nrow=per_class)
         np.savez(out / f"{name}.npz", arr_0=images, arr_1=labels.numpy())
-        with torch.no_grad():  # the classifier's verdict on the final images (t = 0)
+        with torch.no_grad(), backend.autocast():  # the classifier's verdict on the final images (t = 0)
             logits = classifier.model(x0.to(backend.device), torch.zeros(len(labels), dtype=torch.long, device=backend.device))
         agreement[name] = float((logits.argmax(1).cpu() == labels).float().mean())
     elapsed = (time.monotonic() - started) / 60
