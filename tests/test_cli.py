@@ -227,3 +227,18 @@ def test_training_default_precision_follows_native_bf16(tmp_path, monkeypatch):
         result = run("train-diffusion", DATA, "--out", out, *TINY, "--steps", 1)
         assert result.exit_code == 0, stderr_of(result)
         assert json.loads((out / "run.json").read_text())["config"]["train"]["precision"] == expect
+
+
+def test_sampler_ddim_with_a_step_count_is_ddim_k(models, tmp_path):
+    """`--sampler ddim --nfe K` and `--steps K` take guided-diffusion's ddimK steps, as `--ddim K`
+    does (never the cosine schedule's degenerate last step); an explicit --spacing still places them."""
+    from adm_cli.cli.sample import step_choice
+
+    choice = dict(ddim=None, steps=None, nfe=None, respacing=None, sampler="ddim", spacing=None, guided=True)
+    assert step_choice(**{**choice, "nfe": 10}) == step_choice(**{**choice, "steps": 10}) == ("ddim", "ddim10", None, 10)
+    assert step_choice(**{**choice, "nfe": 10, "spacing": "logsnr"}) == ("ddim", "10", "logsnr", None)
+    args = ["sample", models["unet"], "--num", 2, "-q"]
+    assert run(*args, "--ddim", 5, "--out", tmp_path / "a.npz").exit_code == 0
+    assert run(*args, "--sampler", "ddim", "--nfe", 5, "--out", tmp_path / "b.npz").exit_code == 0
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])

@@ -86,6 +86,39 @@ def test_guidance_interval(cfg_model, models) -> None:
     assert not torch.allclose(always.x0_pred[2:], never.x0_pred[2:], atol=1e-3)
 
 
+@pytest.mark.parametrize(("threshold", "clip"), [(None, True), (0.9, True), (None, False)])
+def test_solvers_correct_the_guided_x0_and_ddim_keeps_the_reference(threshold, clip) -> None:
+    """At the cosine schedule's last step (ᾱ_999 ≈ 2e-9) a small classifier gradient moves x̂_0 by
+    thousands. DDIM keeps guided-diffusion's unclipped shift; the data-prediction solvers correct
+    the guided x̂_0 (clip, or the dynamic threshold) and recompute ε̂ and the mean from it, so x_t
+    = √ᾱ x̂_0 + √(1-ᾱ) ε̂ still holds."""
+    config = DiffusionConfig(steps=1000, schedule="cosine")
+    schedule = make_schedule(config)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([999, 500])
+    kw = dict(schedule=schedule, config=config, guidance=Guidance(classifier_scale=1.0), clip_denoised=clip,
+              threshold=threshold, grad_fn=lambda v, mt, y: torch.full_like(v, 0.01))
+    net = lambda v, mt, y: 0.9 * v  # noqa: E731 - an ε-prediction network: x̂_0 from it is in range
+    reference = Denoiser(net, **kw)(x, t)
+    solver = Denoiser(net, **kw, correct_guided_x0=True)(x, t)
+    assert reference.x0_pred[0].abs().max() > 100  # the reference's shift, unclipped
+    if not clip and threshold is None:
+        torch.testing.assert_close(solver.x0_pred, reference.x0_pred)  # nothing to correct with
+        return
+    assert solver.x0_pred.abs().max() <= 1 + 1e-6
+    expected = reference.x0_pred.clamp(-1, 1) if threshold is None else dynamic_threshold(reference.x0_pred, threshold)
+    torch.testing.assert_close(solver.x0_pred, expected)
+    ab = schedule.alpha_bar[t].view(-1, 1, 1, 1).to(x.dtype)
+    torch.testing.assert_close(ab.sqrt() * solver.x0_pred + (1 - ab).sqrt() * solver.eps_pred, x, rtol=1e-4, atol=1e-4)
+
+
+def test_build_denoiser_corrects_guided_x0_for_the_solvers_only(cfg_model, models) -> None:
+    model, clf = load_model(cfg_model), load_model(models["classifier"])
+    for sampler in SAMPLERS:
+        d = denoiser_for(model, SampleOptions(num=3, sampler=sampler, guidance_scale=1.0), torch.tensor([0, 1, 2]), clf)
+        assert d.correct_guided_x0 == (sampler not in ("ddpm", "ddim")), sampler
+
+
 def test_dynamic_threshold_closed_form() -> None:
     x0 = torch.linspace(-3, 3, 201, dtype=torch.float64).view(1, 1, 1, 201).repeat(2, 1, 1, 1)
     x0[1] *= 0.5  # |x| <= 1.5

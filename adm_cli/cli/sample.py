@@ -119,6 +119,11 @@ def step_choice(
         if spacing is not None:
             raise UserError("--spacing needs a step count: --steps K or --nfe N")
         return StepChoice(sampler, None, None, None)  # every trained step
+    if sampler == "ddim" and spacing is None:
+        # --sampler ddim --steps/--nfe K is --ddim K: guided-diffusion's stride from t = 0, which
+        # never takes the cosine schedule's degenerate last step (ᾱ ≈ 2e-9) where the classifier's
+        # score shift, unclipped as in the reference, saturates every image
+        return StepChoice("ddim", f"ddim{count}", None, count)
     spacing = spacing or default_spacing(sampler, guided)
     return StepChoice(sampler, str(count), spacing, None)
 

@@ -15,6 +15,13 @@ conditional pass), then the classifier shift acts on the result, so both togethe
 of both shifts. The conditional and unconditional passes run as one forward of a doubled batch.
 Samplers never see networks, classifiers or labels: only this object and its `schedule`.
 
+Where the x̂_0 correction acts on a score-shifted x̂_0: guided-diffusion (DDIM) corrects the
+network's x̂_0 and shifts after it, unclipped; DPM-Solver's authors correct the guided x̂_0
+(`correcting_x0_fn` after the guided noise prediction). `correct_guided_x0=True` also corrects
+after the shift, as the data-prediction solvers need: the shift moves x̂_0 by
+s (1 - ᾱ_t) / √ᾱ_t · ∇, which at the first step of a cosine schedule (ᾱ_999 ≈ 2e-9) is 2e4 times
+the gradient, and without the correction every image saturates.
+
 Glossary: model_fn(x, model_t, y) -> network output; grad_fn(x, model_t, y) -> ∇_{x_t} log p(y | x_t)
 (`classifier_gradient` of a classifier's logits); y = class labels (B,) or None; null_label = the
 class index meaning "no class" (label dropout).
@@ -30,7 +37,7 @@ import torch
 from torch import Tensor
 
 from adm_cli.config import DiffusionConfig
-from adm_cli.diffusion.gaussian import PMeanVar, p_mean_variance
+from adm_cli.diffusion.gaussian import PMeanVar, p_mean_variance, predict_eps_from_x0, q_posterior
 from adm_cli.diffusion.guidance import classifier_free, classifier_grad, condition_mean, condition_score
 from adm_cli.diffusion.schedule import Schedule, model_timesteps
 
@@ -109,6 +116,7 @@ class Denoiser:
         null_label: int | None = None,
         clip_denoised: bool = True,
         threshold: float | None = None,
+        correct_guided_x0: bool = False,
     ) -> None:
         if guidance.uses_classifier and grad_fn is None:
             raise ValueError("classifier guidance needs grad_fn")
@@ -125,6 +133,7 @@ class Denoiser:
         self.null_label = null_label
         self.clip_denoised = clip_denoised
         self.threshold = threshold
+        self.correct_guided_x0 = correct_guided_x0
 
     def network(self, x: Tensor, model_t: Tensor, active: Tensor | None) -> Tensor:
         """The network output at (x_t, t), with classifier-free guidance where `active` (B,) is True."""
@@ -159,7 +168,21 @@ class Denoiser:
         grad = self.grad_fn(x_t, model_t, self.labels) * scale
         if self.guidance.classifier_mode == "mean":
             return condition_mean(grad, out)
-        return condition_score(grad, out, x_t, t, schedule=self.schedule)
+        out = condition_score(grad, out, x_t, t, schedule=self.schedule)
+        return self._correct(out, x_t, t) if self.correct_guided_x0 else out
+
+    def _correct(self, out: PMeanVar, x_t: Tensor, t: Tensor) -> PMeanVar:
+        """The x̂_0 correction (dynamic threshold, else clipping to [-1, 1]) applied to `out`'s
+        x̂_0, with ε̂ and the posterior mean recomputed from the corrected x̂_0."""
+        if self.threshold is not None:
+            x0 = dynamic_threshold(out.x0_pred, self.threshold)
+        elif self.clip_denoised:
+            x0 = out.x0_pred.clamp(-1, 1)
+        else:
+            return out
+        eps = predict_eps_from_x0(x_t, t, x0, schedule=self.schedule)
+        mean, _, _ = q_posterior(x0, x_t, t, schedule=self.schedule)
+        return out._replace(mean=mean, x0_pred=x0, eps_pred=eps)
 
     def _active(self, t: Tensor) -> Tensor:
         """Where guidance acts: (B,) bool, from the original-process timestep of each step."""

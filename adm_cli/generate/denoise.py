@@ -25,7 +25,7 @@ from adm_cli.diffusion import (
     sample_unipc,
     solver_timesteps,
 )
-from adm_cli.generate.options import SAMPLERS, ClassMode, GenerateError, SampleOptions
+from adm_cli.generate.options import ODE_SOLVERS, SAMPLERS, ClassMode, GenerateError, SampleOptions
 
 
 def check_compatible(model: Loaded, classifier: Loaded | None, options: SampleOptions) -> None:
@@ -227,6 +227,8 @@ def build_denoiser(
         null_label=model.config.num_classes if model.config.null_class else None,
         clip_denoised=options.clip_denoised,
         threshold=options.dynamic_threshold,
+        # the data-prediction solvers correct the guided x̂_0, as their authors' code does
+        correct_guided_x0=options.sampler in ODE_SOLVERS,
     )
 
 
