@@ -104,7 +104,7 @@ Weights = Annotated[WeightsChoice, typer.Option("--weights", help="adm checkpoin
 
 # Sampling: the step options (one of --ddim / --steps / --respacing), shared by sample and upsample.
 Ddim = Annotated[Optional[int], typer.Option("--ddim", help="DDIM with K steps (guided-diffusion's ddimK spacing)", callback=positive)]
-Steps = Annotated[Optional[int], typer.Option("--steps", help="K evenly respaced steps", callback=positive)]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="K steps: evenly respaced (ddpm), ddimK (ddim), --spacing (solvers)", callback=positive)]
 Respacing = Annotated[Optional[str], typer.Option("--respacing", help="guided-diffusion spec: 250, ddim25 or section counts 90,60,60,20,20")]
 Sampler = Annotated[
     Optional[str],
@@ -125,7 +125,8 @@ Spacing = Annotated[
     typer.Option(
         "--spacing",
         help="where the solver steps lie: time-uniform, logsnr or karras (EDM, rho 7). Default: karras for heun; "
-        "time-uniform for dpm++/unipc when guided, logsnr otherwise (the solvers' authors' advice)",
+        "time-uniform for dpm++/unipc when guided, logsnr otherwise (the solvers' authors' advice); ddim: "
+        "guided-diffusion's ddimK stride",
         show_default=False,
     ),
 ]
