@@ -158,8 +158,7 @@ class Denoiser:
         output = self.network(x_t, model_t, active)
         out = p_mean_variance(
             output, x_t, t, schedule=self.schedule, config=self.config,
-            clip_denoised=self.clip_denoised and self.threshold is None,
-            denoised_fn=None if self.threshold is None else (lambda x0: dynamic_threshold(x0, self.threshold)),
+            clip_denoised=False, denoised_fn=self._correct_x0,
         )
         if not self.guidance.uses_classifier or not bool(active.any()):
             return out
@@ -171,15 +170,17 @@ class Denoiser:
         out = condition_score(grad, out, x_t, t, schedule=self.schedule)
         return self._correct(out, x_t, t) if self.correct_guided_x0 else out
 
-    def _correct(self, out: PMeanVar, x_t: Tensor, t: Tensor) -> PMeanVar:
-        """The x̂_0 correction (dynamic threshold, else clipping to [-1, 1]) applied to `out`'s
-        x̂_0, with ε̂ and the posterior mean recomputed from the corrected x̂_0."""
+    def _correct_x0(self, x0: Tensor) -> Tensor:
+        """The x̂_0 correction: the dynamic threshold, else clipping to [-1, 1], else none."""
         if self.threshold is not None:
-            x0 = dynamic_threshold(out.x0_pred, self.threshold)
-        elif self.clip_denoised:
-            x0 = out.x0_pred.clamp(-1, 1)
-        else:
+            return dynamic_threshold(x0, self.threshold)
+        return x0.clamp(-1, 1) if self.clip_denoised else x0
+
+    def _correct(self, out: PMeanVar, x_t: Tensor, t: Tensor) -> PMeanVar:
+        """`_correct_x0` applied to a guided x̂_0, with ε̂ and the posterior mean recomputed from it."""
+        if self.threshold is None and not self.clip_denoised:
             return out
+        x0 = self._correct_x0(out.x0_pred)
         eps = predict_eps_from_x0(x_t, t, x0, schedule=self.schedule)
         mean, _, _ = q_posterior(x0, x_t, t, schedule=self.schedule)
         return out._replace(mean=mean, x0_pred=x0, eps_pred=eps)
